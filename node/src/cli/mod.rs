@@ -1,0 +1,60 @@
+//! The command line: clap definitions and thin dispatch to the parts that do the work.
+//!
+//! Exit codes are documented in `docs/cli.md`; [`exit`] holds them.
+
+mod job;
+mod key;
+mod pack;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::dirs::Dirs;
+
+/// Exit codes shared by all commands.
+pub mod exit {
+    /// The command failed (bad input, I/O error, …); the message says why.
+    pub const FAILURE: u8 = 1;
+}
+
+/// barn: a peer-to-peer volunteer build farm.
+#[derive(Debug, Parser)]
+#[command(name = "barn", version, about, max_term_width = 100)]
+pub struct Args {
+    /// Configuration directory (default: the platform's, e.g. ~/.config/barn).
+    #[arg(long, global = true, env = "BARN_CONFIG_DIR", value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+    /// Data directory (default: the platform's, e.g. ~/.local/share/barn).
+    #[arg(long, global = true, env = "BARN_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log debug messages to stderr (RUST_LOG overrides).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make or show signing keys.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Pack a source tree deterministically and print its source hash.
+    Pack(pack::PackArgs),
+    /// Work with job files.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+}
+
+/// Runs the parsed command.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let dirs = Dirs::resolve(args.config_dir, args.data_dir)?;
+    match args.command {
+        Command::Key(cmd) => key::run(cmd, &dirs),
+        Command::Pack(a) => pack::run(a),
+        Command::Job(cmd) => job::run(cmd),
+    }
+}

@@ -1,0 +1,28 @@
+//! barn's protocol: everything two barn programs must agree on, byte for byte.
+//!
+//! This crate is a leaf: synchronous, no networking, no async runtime. It owns
+//! - identities ([`NodeId`], [`SubmitterId`], [`SecretKey`]) and their link to libp2p,
+//! - content hashes ([`ContentHash`], blake3, shown as `b3:<hex>`),
+//! - the canonical CBOR encoding and size-limited decoding ([`cbor`]),
+//! - the signed envelope with domain separation ([`envelope`]),
+//! - the v1 messages ([`message`]),
+//! - output manifests and their root hash ([`manifest`]),
+//! - deterministic source packing ([`pack`]),
+//! - the job file `barn.toml` ([`jobfile`]).
+//!
+//! `docs/protocol.md` in the repository is the specification these types implement.
+
+pub mod cbor;
+pub mod envelope;
+pub mod hash;
+pub mod identity;
+pub mod jobfile;
+pub mod limits;
+pub mod manifest;
+pub mod message;
+pub mod pack;
+
+pub use envelope::{Envelope, Signed, VerifyError};
+pub use hash::ContentHash;
+pub use identity::{NodeId, SecretKey, SubmitterId};
+pub use message::JobId;

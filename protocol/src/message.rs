@@ -1,0 +1,545 @@
+//! The v1 messages.
+//!
+//! Every message below except [`BlobRequest`] travels signed in an [`Envelope`]
+//! (crate::envelope); the kind string and size limit of each are in its [`Message`] impl.
+//! Fields are encoded as a CBOR map keyed by the field names below, in this order.
+//! Versioning rule: within envelope version 1 a field may be added only with a default
+//! (`#[serde(default)]`), and readers ignore fields they do not know; anything else (a field
+//! removed, renamed or given another meaning) needs a new envelope version.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Message, Signed};
+use crate::hash::{ContentHash, ParseHashError};
+use crate::identity::NodeId;
+use crate::limits::{MAX_GOSSIP_MESSAGE, MAX_REQUEST, MAX_RESPONSE};
+use crate::manifest::Manifest;
+
+/// A job's id: the blake3 hash of its signed payload bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub ContentHash);
+
+impl JobId {
+    /// The id of a signed job.
+    pub fn of(job: &Signed<Job>) -> Self {
+        Self(job.payload_hash())
+    }
+
+    /// A short form for logs and tables: 12 hex digits.
+    pub fn short(&self) -> String {
+        self.0.to_hex()[..12].to_string()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobId({})", self.short())
+    }
+}
+
+impl FromStr for JobId {
+    type Err = ParseHashError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+/// A lease's id, chosen at random by the coordinator.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseId(pub serde_bytes::ByteArray<16>);
+
+impl LeaseId {
+    /// A fresh random lease id.
+    pub fn random() -> Self {
+        Self(serde_bytes::ByteArray::new(random_bytes()))
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", hex::encode(self.0.as_slice()))
+    }
+}
+
+impl fmt::Debug for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseId({})", &hex::encode(self.0.as_slice())[..8])
+    }
+}
+
+/// 16 random bytes for nonces and lease ids.
+pub fn random_bytes() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    #[expect(
+        clippy::expect_used,
+        reason = "an OS without a random source cannot run barn"
+    )]
+    getrandom::fill(&mut out).expect("the operating system's random source failed");
+    out
+}
+
+/// How a node runs guests of one architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Accel {
+    /// Hardware virtualisation, proven by a canary VM.
+    Kvm,
+    /// QEMU's software emulator.
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// Byte order of an architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endian {
+    Little,
+    Big,
+}
+
+/// One architecture a node can build for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchInfo {
+    /// Debian-style architecture name, e.g. `x86_64`, `aarch64`, `s390x`.
+    pub isa: String,
+    pub endian: Endian,
+    /// C data model, e.g. `lp64`, `ilp32`.
+    pub data_model: String,
+    pub accel: Accel,
+}
+
+/// A node's advertisement, on gossip `barn/adverts/1` every 30 s and on change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAdvert {
+    pub node: NodeId,
+    /// barn's version on that node.
+    pub version: String,
+    pub archs: Vec<ArchInfo>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub free_slots: u32,
+    pub total_slots: u32,
+    /// Images the node holds: name → image hash.
+    pub images: BTreeMap<String, ContentHash>,
+    /// Listen addresses (multiaddrs as text).
+    pub addrs: Vec<String>,
+    /// Unix seconds when made, and when it stops being valid.
+    pub time: u64,
+    pub expires: u64,
+}
+
+impl Message for NodeAdvert {
+    const KIND: &'static str = "node-advert";
+    const MAX_SIZE: usize = MAX_GOSSIP_MESSAGE;
+}
+
+/// One step of a job, run by `sh -e` in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub name: String,
+    pub run: String,
+}
+
+/// What a job may use on a volunteer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    /// The output quota: the size of the output disk.
+    pub disk_bytes: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpus: 1,
+            memory_bytes: 512 << 20,
+            disk_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What to build and how, from `barn.toml` (one architecture).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The image's name, e.g. `debian-12-x86_64`.
+    pub image: String,
+    pub arch: String,
+    pub tasks: Vec<Task>,
+    pub env: BTreeMap<String, String>,
+    /// Globs relative to `/build/src` naming the outputs.
+    pub artifacts: Vec<String>,
+    pub resources: Resources,
+    pub timeout_secs: u64,
+    pub replicas: u8,
+    pub source_date_epoch: u64,
+}
+
+/// A signed build job, on gossip `barn/jobs/1`. Its id is [`JobId`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub spec: JobSpec,
+    /// The exact image bytes every replica must run.
+    pub image_hash: ContentHash,
+    /// The deterministic tar of the source tree ([`crate::pack`]).
+    pub source: ContentHash,
+    pub source_size: u64,
+    /// The node that coordinates this job: grants leases, collects results, serves the source.
+    pub coordinator: NodeId,
+    /// Where to reach the coordinator (multiaddrs as text).
+    pub coordinator_addrs: Vec<String>,
+    /// Unix seconds.
+    pub created: u64,
+    pub expires: u64,
+    /// Makes two submissions of the same tree distinct jobs.
+    pub nonce: serde_bytes::ByteArray<16>,
+}
+
+impl Message for Job {
+    const KIND: &'static str = "job";
+    const MAX_SIZE: usize = MAX_GOSSIP_MESSAGE;
+}
+
+/// A volunteer asks the coordinator for a lease on a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub job: JobId,
+    pub node: NodeId,
+    pub accel: Accel,
+    pub time: u64,
+}
+
+impl Message for Claim {
+    const KIND: &'static str = "claim";
+    const MAX_SIZE: usize = MAX_REQUEST;
+}
+
+/// The coordinator's answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub job: JobId,
+    pub node: NodeId,
+    pub decision: GrantDecision,
+    pub time: u64,
+}
+
+/// Granted with a lease, or denied with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum GrantDecision {
+    Granted {
+        lease: LeaseId,
+        /// Unix seconds after which the lease lapses unless a heartbeat renews it.
+        expires: u64,
+        /// How often to send heartbeats, in seconds.
+        heartbeat_secs: u64,
+    },
+    Denied {
+        reason: String,
+    },
+}
+
+impl Message for Grant {
+    const KIND: &'static str = "grant";
+    const MAX_SIZE: usize = MAX_REQUEST;
+}
+
+/// Where a leased job is on its volunteer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Phase {
+    Fetching,
+    Preparing,
+    Booting,
+    Running,
+    Collecting,
+    Done,
+}
+
+/// Keeps a lease alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub job: JobId,
+    pub lease: LeaseId,
+    pub phase: Phase,
+    pub log_bytes: u64,
+    pub time: u64,
+}
+
+impl Message for Heartbeat {
+    const KIND: &'static str = "heartbeat";
+    const MAX_SIZE: usize = MAX_REQUEST;
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+#[non_exhaustive]
+pub enum BuildStatus {
+    Succeeded,
+    /// A task exited non-zero; later tasks did not run.
+    Failed {
+        task: String,
+        exit_code: i32,
+    },
+    TimedOut,
+    /// The infrastructure failed (VM would not boot, output unreadable, …): not a verdict
+    /// on the build; the job should be retried elsewhere.
+    Error {
+        reason: String,
+    },
+}
+
+impl BuildStatus {
+    /// The word used in `--json` output and tables.
+    pub fn word(&self) -> &'static str {
+        match self {
+            BuildStatus::Succeeded => "succeeded",
+            BuildStatus::Failed { .. } => "failed",
+            BuildStatus::TimedOut => "timed_out",
+            BuildStatus::Error { .. } => "error",
+        }
+    }
+}
+
+/// One task's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    pub name: String,
+    /// `None` when the task did not finish (timeout, crash).
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+}
+
+/// Where the time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    pub prepare_ms: u64,
+    pub boot_ms: u64,
+    pub run_ms: u64,
+    pub collect_ms: u64,
+    pub total_ms: u64,
+}
+
+/// A volunteer's signed result, sent to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildResult {
+    pub job: JobId,
+    pub lease: Option<LeaseId>,
+    pub node: NodeId,
+    pub status: BuildStatus,
+    pub tasks: Vec<TaskOutcome>,
+    pub manifest_root: ContentHash,
+    pub manifest: Manifest,
+    pub log_hash: ContentHash,
+    pub log_size: u64,
+    pub timings: Timings,
+    pub image_hash: ContentHash,
+    pub arch: String,
+    pub accel: Accel,
+    pub qemu_version: String,
+    pub finished: u64,
+}
+
+impl Message for BuildResult {
+    const KIND: &'static str = "build-result";
+    const MAX_SIZE: usize = MAX_RESPONSE;
+}
+
+/// Asks a peer for a blob's bytes from `offset` on, over a blob stream. Not signed: blobs
+/// are public and verified by their hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRequest {
+    pub hash: ContentHash,
+    pub offset: u64,
+}
+
+impl BlobRequest {
+    /// The largest encoded request accepted.
+    pub const MAX_SIZE: usize = 128;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SecretKey;
+
+    pub(crate) fn sample_job(coordinator: NodeId) -> Job {
+        Job {
+            spec: JobSpec {
+                image: "tiny-x86_64".into(),
+                arch: "x86_64".into(),
+                tasks: vec![Task {
+                    name: "build".into(),
+                    run: "echo hi".into(),
+                }],
+                env: BTreeMap::from([("A".to_string(), "b".to_string())]),
+                artifacts: vec!["out/*".into()],
+                resources: Resources::default(),
+                timeout_secs: 600,
+                replicas: 3,
+                source_date_epoch: 1_700_000_000,
+            },
+            image_hash: ContentHash::of(b"image"),
+            source: ContentHash::of(b"src"),
+            source_size: 3,
+            coordinator,
+            coordinator_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            created: 1,
+            expires: 2,
+            nonce: serde_bytes::ByteArray::new([9; 16]),
+        }
+    }
+
+    fn round_trip<T: Message + PartialEq + fmt::Debug + Clone>(msg: T, key: &SecretKey) {
+        let signed = Signed::sign(msg.clone(), key);
+        let back = Signed::<T>::from_bytes(&signed.to_bytes()).unwrap();
+        assert_eq!(back.message(), &msg);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let key = SecretKey::generate();
+        let node = key.node_id();
+        let job = sample_job(node);
+        let job_id = JobId::of(&Signed::sign(job.clone(), &key));
+        round_trip(job, &key);
+        round_trip(
+            NodeAdvert {
+                node,
+                version: "0.1.0".into(),
+                archs: vec![ArchInfo {
+                    isa: "x86_64".into(),
+                    endian: Endian::Little,
+                    data_model: "lp64".into(),
+                    accel: Accel::Tcg,
+                }],
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                free_slots: 1,
+                total_slots: 1,
+                images: BTreeMap::from([("tiny-x86_64".to_string(), ContentHash::of(b"i"))]),
+                addrs: vec![],
+                time: 1,
+                expires: 31,
+            },
+            &key,
+        );
+        round_trip(
+            Claim {
+                job: job_id,
+                node,
+                accel: Accel::Tcg,
+                time: 5,
+            },
+            &key,
+        );
+        let lease = LeaseId::random();
+        round_trip(
+            Grant {
+                job: job_id,
+                node,
+                decision: GrantDecision::Granted {
+                    lease,
+                    expires: 9,
+                    heartbeat_secs: 5,
+                },
+                time: 5,
+            },
+            &key,
+        );
+        round_trip(
+            Grant {
+                job: job_id,
+                node,
+                decision: GrantDecision::Denied {
+                    reason: "full".into(),
+                },
+                time: 5,
+            },
+            &key,
+        );
+        round_trip(
+            Heartbeat {
+                job: job_id,
+                lease,
+                phase: Phase::Running,
+                log_bytes: 10,
+                time: 6,
+            },
+            &key,
+        );
+        round_trip(
+            BuildResult {
+                job: job_id,
+                lease: Some(lease),
+                node,
+                status: BuildStatus::Failed {
+                    task: "build".into(),
+                    exit_code: 2,
+                },
+                tasks: vec![TaskOutcome {
+                    name: "build".into(),
+                    exit_code: Some(2),
+                    duration_ms: 30,
+                }],
+                manifest_root: Manifest::default().root(),
+                manifest: Manifest::default(),
+                log_hash: ContentHash::of(b"log"),
+                log_size: 3,
+                timings: Timings::default(),
+                image_hash: ContentHash::of(b"image"),
+                arch: "x86_64".into(),
+                accel: Accel::Tcg,
+                qemu_version: "7.2".into(),
+                finished: 7,
+            },
+            &key,
+        );
+        let req = BlobRequest {
+            hash: ContentHash::of(b"x"),
+            offset: 5,
+        };
+        let bytes = crate::cbor::to_vec(&req);
+        assert!(bytes.len() <= BlobRequest::MAX_SIZE);
+        assert_eq!(
+            crate::cbor::from_slice::<BlobRequest>(&bytes, BlobRequest::MAX_SIZE).unwrap(),
+            req
+        );
+    }
+
+    #[test]
+    fn job_id_is_hash_of_signed_payload() {
+        let key = SecretKey::generate();
+        let signed = Signed::sign(sample_job(key.node_id()), &key);
+        assert_eq!(
+            JobId::of(&signed).0,
+            ContentHash::of(&signed.envelope().payload)
+        );
+        let shown = JobId::of(&signed).to_string();
+        assert_eq!(shown.parse::<JobId>().unwrap(), JobId::of(&signed));
+    }
+}
