@@ -2,8 +2,7 @@
 //!
 //! Only this file installs the tracing subscriber; everything else logs through spans.
 
-mod cli;
-mod dirs;
+use barn_node::cli;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,8 @@
+//! barn-node: the volunteer daemon, its libp2p swarm, scheduler, QEMU runner, store and
+//! local API, and the command line that drives them. The `barn` binary (`main.rs`) is a
+//! thin shell around [`cli`].
+//!
+//! One folder per concern, each saying what it owns in its `//!` header.
+
+pub mod cli;
+pub mod dirs;
