@@ -6,7 +6,7 @@
 #   BARN_CACHE         where downloaded .debs are kept (default /tmp/barn-cache)
 #   BARN_KERNEL_PKG    override the kernel package (default: what linux-image-cloud-amd64
 #                      depends on in the machine's apt sources)
-# Host tools: apt-get, apt-cache, dpkg-deb, lz4 (or zstd/xz/gzip), busybox-static, cpio,
+# Host tools: apt-get, apt-cache, dpkg-deb, lz4 (or zstd/xz/gzip), cpio,
 # readelf, sha256sum; mmdebstrap + sqfstar for the Debian image.
 
 set -euo pipefail
@@ -103,13 +103,19 @@ barn_module_order() {
 # (flat, in /lib/modules) and /etc/barn-modules (their load order).
 barn_initramfs_tree() {
     local dir=$1 kmoddir=$2; shift 2
-    local bb a m
-    bb=$(command -v busybox) || barn_die "busybox-static is needed"
-    file -L "$bb" | grep -q 'statically linked' || barn_die "$bb is not static (install busybox-static)"
+    local bb a m deb
+    # busybox from the busybox-static .deb the machine's apt picks (not the host's own
+    # binary): the initramfs then depends only on package versions
+    deb=$(barn_fetch_deb busybox-static)
+    mkdir -p "$dir.bb"
+    dpkg-deb -x "$deb" "$dir.bb"
+    bb="$dir.bb/bin/busybox"
+    [ -x "$bb" ] || barn_die "no bin/busybox in $deb"
     mkdir -p "$dir"/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules,root,build,.barn,newroot}
     chmod 1777 "$dir/tmp"; chmod 0700 "$dir/root"
     cp "$bb" "$dir/bin/busybox"
-    for a in $("$bb" --list); do
+    rm -rf "$dir.bb"
+    for a in $("$dir/bin/busybox" --list); do
         [ "$a" = busybox ] || ln -s busybox "$dir/bin/$a"
     done
     ln -s ../bin "$dir/.barn/bin"   # the init's own tools live at /.barn/bin in every root
@@ -138,6 +144,7 @@ barn_pack_cpio() {
     if [ "${BARN_INITRD_COMPRESS:-none}" = gzip ]; then
         gzip -9 -n < "$out" > "$out.gz" && mv "$out.gz" "$out"
     fi
+    touch -d "@$SOURCE_DATE_EPOCH" "$out"
 }
 
 # barn_kernel OUTDIR WORKDIR -> sets KVER, KPKG, KPKGVER, KMODDIR; writes OUTDIR/vmlinux

@@ -107,7 +107,7 @@ job_gcc() {     # debian: gcc -O2 + make
 int main(void) { printf("hello, barn\n"); return 0; }
 C
     printf 'CFLAGS = -O2\nhello: hello.c\n\t$(CC) $(CFLAGS) -o $@ $<\n' > "$d/src/Makefile"
-    printf 'gcc --version | head -n1\nmake\n./hello > hello.out\n' > "$d/job/tasks/10-build"
+    printf 'id; df -h /build /tmp | tail -n2\ngcc --version | head -n1\nmake\n./hello > hello.out\n' > "$d/job/tasks/10-build"
     printf 'hello\nhello.out\n' > "$d/job/artifacts"
     make_input "$d" "$S/gcc.tar"
 }

@@ -321,11 +321,11 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<JobSpec>, JobFileError> {
                     "is set by the guest and cannot be overridden",
                 ));
             }
-            if v.get_ref().len() > 4096 || v.get_ref().contains('\0') {
+            if v.get_ref().len() > 4096 || v.get_ref().contains(['\0', '\n', '\r']) {
                 return Err(cx.err(
                     Some(v.span()),
                     &key,
-                    "value must be under 4 KiB with no NUL byte",
+                    "value must be under 4 KiB, on one line, with no NUL byte",
                 ));
             }
             env.insert(k, v.into_inner());

@@ -2,9 +2,11 @@
 //!
 //! Exit codes are documented in `docs/cli.md`; [`exit`] holds them.
 
+mod image;
 mod job;
 mod key;
 mod pack;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +20,12 @@ use crate::dirs::Dirs;
 pub mod exit {
     /// The command failed (bad input, I/O error, …); the message says why.
     pub const FAILURE: u8 = 1;
+    /// A build ran and one of its tasks exited non-zero.
+    pub const BUILD_FAILED: u8 = 3;
+    /// A build ran past its timeout and was stopped.
+    pub const TIMED_OUT: u8 = 4;
+    /// The infrastructure failed (the VM did not boot, the output was unreadable, …).
+    pub const INFRASTRUCTURE: u8 = 5;
 }
 
 /// barn: a peer-to-peer volunteer build farm.
@@ -47,6 +55,11 @@ enum Command {
     /// Work with job files.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Build and list guest images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Run DIR's barn.toml in a local VM (no network, no farm) and print the result.
+    Run(run::RunArgs),
 }
 
 /// Runs the parsed command.
@@ -56,5 +69,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Key(cmd) => key::run(cmd, &dirs),
         Command::Pack(a) => pack::run(a),
         Command::Job(cmd) => job::run(cmd),
+        Command::Image(cmd) => image::run(cmd, &dirs),
+        Command::Run(a) => run::run(a, &dirs),
     }
 }

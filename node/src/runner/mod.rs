@@ -1,0 +1,483 @@
+//! The runner: one build job in one throwaway QEMU VM, as an explicit state machine.
+//!
+//! ```text
+//!   Prepare ──▶ Boot ──▶ Run ──▶ Collect ──▶ Done(Succeeded | Failed)
+//!      │          │        │        │
+//!      └──────────┴────────┴────────┴──▶ Error (infrastructure) | TimedOut | Cancelled
+//! ```
+//!
+//! - **Prepare**: the input disk (job control files + source, [`input`]) and a sparse
+//!   output disk of the job's quota size, in a fresh work directory.
+//! - **Boot**: QEMU starts ([`qemu`]); the phase ends when the guest init prints
+//!   `barn: ready` on the serial console. A VM that does not get there within
+//!   [`BOOT_DEADLINE`] is an infrastructure error, not a verdict on the build.
+//! - **Run**: the tasks, bounded by the job's wall-clock timeout.
+//! - **Collect**: the guest writes its output tar and powers off; the host reads the
+//!   output disk as untrusted data ([`output`]) and hashes the log.
+//!
+//! On timeout or cancellation QEMU gets SIGTERM (it exits cleanly), then SIGKILL after
+//! [`KILL_GRACE`]; the child is also killed when its handle drops, so no QEMU outlives its
+//! job. Concurrent VMs are bounded by a semaphore; CPUs and memory by the node's limits.
+
+pub mod accel;
+pub mod image;
+pub mod input;
+pub mod output;
+pub mod qemu;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use barn_protocol::ContentHash;
+use barn_protocol::manifest::Manifest;
+use barn_protocol::message::{Accel, BuildStatus, JobSpec, Phase, TaskOutcome, Timings};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use image::{Image, ImageStore};
+
+/// How long a guest may take to reach `barn: ready` under TCG before the run is an
+/// infrastructure error.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+/// How long the guest may take to write its output and power off after its tasks.
+pub const COLLECT_DEADLINE: Duration = Duration::from_secs(120);
+/// Between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// The node's limits on what jobs may use.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Where per-job work directories are made.
+    pub work_dir: PathBuf,
+    /// Most VMs at once.
+    pub max_vms: usize,
+    pub max_cpus: u32,
+    pub max_memory_bytes: u64,
+    /// Most bytes of serial log kept; the rest is counted and dropped.
+    pub log_cap: u64,
+    /// `None`: decide with the KVM canary.
+    pub accel: Option<Accel>,
+    /// Keep work directories after the run (for debugging).
+    pub keep_work: bool,
+}
+
+impl RunnerConfig {
+    /// Defaults for a work directory: 1 VM, every CPU but one, half the memory, 16 MiB of log.
+    pub fn new(work_dir: PathBuf) -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        Self {
+            work_dir,
+            max_vms: 1,
+            max_cpus: cpus.max(1),
+            max_memory_bytes: 4 << 30,
+            log_cap: 16 << 20,
+            accel: None,
+            keep_work: false,
+        }
+    }
+}
+
+/// One job to run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub spec: JobSpec,
+    /// The packed source tar.
+    pub source_tar: PathBuf,
+    pub image: Image,
+    /// Where the log (`log`) and the artifacts (`artifacts/`) are kept afterwards.
+    pub out_dir: PathBuf,
+}
+
+/// Progress, for displays and heartbeats.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Phase(Phase),
+    /// One line of the serial console (at most 4 KiB of it).
+    Log(String),
+    TaskStarted {
+        index: usize,
+        name: String,
+    },
+    TaskFinished {
+        index: usize,
+        name: String,
+        exit_code: i32,
+        duration_ms: u64,
+    },
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub status: BuildStatus,
+    pub tasks: Vec<TaskOutcome>,
+    pub manifest: Manifest,
+    pub manifest_root: ContentHash,
+    pub log_path: PathBuf,
+    pub log_hash: ContentHash,
+    pub log_size: u64,
+    /// Bytes of log dropped over the cap.
+    pub log_dropped: u64,
+    pub artifacts_dir: PathBuf,
+    pub timings: Timings,
+    pub accel: Accel,
+    pub qemu_version: String,
+    pub image_hash: ContentHash,
+    /// Things the user should know: unmatched globs, an overflowing output.
+    pub notes: Vec<String>,
+}
+
+/// Runs jobs in VMs, at most `max_vms` at once.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    cfg: Arc<RunnerConfig>,
+    slots: Arc<Semaphore>,
+    tsc_khz: Option<u64>,
+}
+
+/// How the VM phase ended.
+enum Ending {
+    Exited,
+    TimedOut,
+    Cancelled,
+    BootStuck,
+    CollectStuck,
+}
+
+impl Runner {
+    pub fn new(cfg: RunnerConfig) -> Self {
+        let slots = Arc::new(Semaphore::new(cfg.max_vms.max(1)));
+        Self {
+            cfg: Arc::new(cfg),
+            slots,
+            tsc_khz: qemu::host_tsc_khz(),
+        }
+    }
+
+    /// The node's limits.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.cfg
+    }
+
+    /// Runs `req` to the end. Infrastructure failures become `BuildStatus::Error` in the
+    /// report; an `Err` means not even a report could be made (e.g. the disk is full).
+    pub async fn run(
+        &self,
+        req: RunRequest,
+        accel: Accel,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<RunReport> {
+        let _permit = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => anyhow::bail!("cancelled while waiting for a free VM slot"),
+            p = self.slots.clone().acquire_owned() => p?,
+        };
+        let t0 = Instant::now();
+        let emit = |e: Event| {
+            // Displays may lag; the VM must not: drop display events rather than block.
+            let _ = events.try_send(e);
+        };
+        emit(Event::Phase(Phase::Preparing));
+        std::fs::create_dir_all(&self.cfg.work_dir)?;
+        let work = tempfile::Builder::new()
+            .prefix("job-")
+            .tempdir_in(&self.cfg.work_dir)?;
+        std::fs::create_dir_all(&req.out_dir)?;
+        let input = work.path().join("input.tar");
+        let output = work.path().join("output.img");
+        let spec = &req.spec;
+        {
+            let (spec, src, input) = (spec.clone(), req.source_tar.clone(), input.clone());
+            tokio::task::spawn_blocking(move || input::write_input(&spec, &src, &input)).await??;
+        }
+        std::fs::File::create(&output)?.set_len(spec.resources.disk_bytes)?;
+
+        let qemu_bin = PathBuf::from(qemu::qemu_binary(&spec.arch));
+        let qemu_version = qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
+        let vm = qemu::VmConfig {
+            qemu: qemu_bin.clone(),
+            accel,
+            cpus: spec.resources.cpus.min(self.cfg.max_cpus).max(1),
+            memory_mib: (spec.resources.memory_bytes.min(self.cfg.max_memory_bytes) >> 20).max(64),
+            kernel: req.image.kernel(),
+            initrd: req.image.initrd(),
+            root: req.image.root(),
+            input: input.clone(),
+            output: output.clone(),
+            tsc_khz: self.tsc_khz,
+            no_sandbox: false,
+        };
+        let prepare_ms = t0.elapsed().as_millis() as u64;
+
+        emit(Event::Phase(Phase::Booting));
+        let log_path = req.out_dir.join("log");
+        let t_boot = Instant::now();
+        let mut cmd = Command::new(&qemu_bin);
+        cmd.args(vm.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        debug!(args = ?vm.args(), "starting qemu");
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("failed to start {}: {e}", qemu_bin.display()))?;
+        let pid = child.id();
+        let stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let (marks_tx, mut marks) = mpsc::channel::<console::Mark>(256);
+        let console = tokio::spawn(console::pump(
+            stdout,
+            log_path.clone(),
+            self.cfg.log_cap,
+            marks_tx,
+            events.clone(),
+        ));
+        let stderr_task = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.take(64 * 1024).read_to_end(&mut buf).await;
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+
+        let mut boot_ms = 0u64;
+        let mut t_run = None;
+        let mut t_done = None;
+        // Tasks as the console reports them; used when the guest is stopped before it can
+        // write its own status record.
+        let mut seen_tasks: Vec<TaskOutcome> = Vec::new();
+        let mut running: Option<(usize, Instant)> = None;
+        let timeout = Duration::from_secs(spec.timeout_secs);
+        let ending = loop {
+            let deadline = match (t_run, t_done) {
+                (_, Some(done)) => done + COLLECT_DEADLINE,
+                (Some(run), None) => run + timeout,
+                (None, None) => t_boot + BOOT_DEADLINE,
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break Ending::Cancelled,
+                status = child.wait() => {
+                    debug!(?status, "qemu exited");
+                    break Ending::Exited;
+                }
+                Some(mark) = marks.recv() => match mark {
+                    console::Mark::Ready => {
+                        boot_ms = t_boot.elapsed().as_millis() as u64;
+                        t_run = Some(Instant::now());
+                        emit(Event::Phase(Phase::Running));
+                    }
+                    console::Mark::TaskStart(name) => {
+                        if let Some(index) = input::task_index(&name) {
+                            running = Some((index, Instant::now()));
+                            emit(Event::TaskStarted { index, name: task_name(spec, index) });
+                        }
+                    }
+                    console::Mark::TaskExit(name, exit_code, duration_ms) => {
+                        if let Some(index) = input::task_index(&name) {
+                            running = None;
+                            seen_tasks.push(TaskOutcome { name: task_name(spec, index), exit_code: Some(exit_code), duration_ms });
+                            emit(Event::TaskFinished { index, name: task_name(spec, index), exit_code, duration_ms });
+                        }
+                    }
+                    console::Mark::Result => {
+                        t_done = Some(Instant::now());
+                        emit(Event::Phase(Phase::Collecting));
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => break match (t_run, t_done) {
+                    (_, Some(_)) => Ending::CollectStuck,
+                    (Some(_), None) => Ending::TimedOut,
+                    (None, None) => Ending::BootStuck,
+                },
+            }
+        };
+        if !matches!(ending, Ending::Exited) {
+            stop(&mut child, pid).await;
+        }
+        let log = console.await.unwrap_or_default();
+        let qemu_stderr = stderr_task.await.unwrap_or_default();
+        let t_collect = Instant::now();
+        let run_ms = t_run
+            .map(|t| t_done.unwrap_or(t_collect).duration_since(t).as_millis() as u64)
+            .unwrap_or(0);
+
+        // Collect.
+        let artifacts_dir = req.out_dir.join("artifacts");
+        let mut notes = Vec::new();
+        let mut tasks: Vec<TaskOutcome> = Vec::new();
+        let mut manifest = Manifest::new(Vec::new());
+        let status = match ending {
+            Ending::Cancelled => BuildStatus::Error {
+                reason: "cancelled".into(),
+            },
+            Ending::BootStuck => BuildStatus::Error {
+                reason: format!("the VM did not boot within {}s", BOOT_DEADLINE.as_secs()),
+            },
+            Ending::CollectStuck => BuildStatus::Error {
+                reason: "the VM did not power off after its tasks".into(),
+            },
+            Ending::TimedOut | Ending::Exited => {
+                let (out, dest, quota) = (
+                    output.clone(),
+                    artifacts_dir.clone(),
+                    spec.resources.disk_bytes,
+                );
+                let collected =
+                    tokio::task::spawn_blocking(move || -> Result<_, output::OutputError> {
+                        let st = output::read_status(&out)?;
+                        let m = output::collect_artifacts(&out, &dest, quota)?;
+                        Ok((st, m))
+                    })
+                    .await?;
+                match (ending, collected) {
+                    (Ending::TimedOut, _) => {
+                        // Tasks that finished before the timeout, then the one that was running.
+                        tasks = std::mem::take(&mut seen_tasks);
+                        if let Some((index, t)) = running {
+                            tasks.push(TaskOutcome {
+                                name: task_name(spec, index),
+                                exit_code: None,
+                                duration_ms: t.elapsed().as_millis() as u64,
+                            });
+                        }
+                        BuildStatus::TimedOut
+                    }
+                    (_, Ok((st, m))) => {
+                        tasks = st
+                            .tasks
+                            .iter()
+                            .map(|&(i, rc, ms)| TaskOutcome {
+                                name: task_name(spec, i),
+                                exit_code: Some(rc),
+                                duration_ms: ms,
+                            })
+                            .collect();
+                        for u in &st.unmatched {
+                            notes.push(format!("artifact glob {u:?} matched nothing"));
+                        }
+                        if st.overflow {
+                            notes.push(format!(
+                                "the artifacts did not fit the {} output quota",
+                                barn_protocol::jobfile::show_size(spec.resources.disk_bytes)
+                            ));
+                        }
+                        manifest = m;
+                        match tasks.iter().find(|t| t.exit_code != Some(0)) {
+                            Some(t) => BuildStatus::Failed {
+                                task: t.name.clone(),
+                                exit_code: t.exit_code.unwrap_or(-1),
+                            },
+                            None if st.overflow => BuildStatus::Error {
+                                reason: "output quota exceeded".into(),
+                            },
+                            None if st.ok == Some(true) && tasks.len() == spec.tasks.len() => {
+                                BuildStatus::Succeeded
+                            }
+                            None => BuildStatus::Error {
+                                reason: "the guest's status record is incomplete".into(),
+                            },
+                        }
+                    }
+                    (_, Err(output::OutputError::NoStatus)) => {
+                        let last = log.last_lines.join(" | ");
+                        let why = if qemu_stderr.trim().is_empty() {
+                            last
+                        } else {
+                            qemu_stderr.trim().to_string()
+                        };
+                        BuildStatus::Error {
+                            reason: format!(
+                                "the guest stopped before finishing: {}",
+                                truncate(&why, 300)
+                            ),
+                        }
+                    }
+                    (_, Err(e)) => BuildStatus::Error {
+                        reason: format!("{e:#}"),
+                    },
+                }
+            }
+        };
+        if log.dropped > 0 {
+            notes.push(format!(
+                "the log was cut at {} ({} bytes dropped)",
+                barn_protocol::jobfile::show_size(self.cfg.log_cap),
+                log.dropped
+            ));
+        }
+        let collect_ms = t_collect.elapsed().as_millis() as u64;
+        let (log_hash, log_size) = ContentHash::of_reader(std::fs::File::open(&log_path)?)?;
+        emit(Event::Phase(Phase::Done));
+        if self.cfg.keep_work {
+            let kept = work.keep();
+            info!(dir = %kept.display(), "kept work directory");
+        }
+        let manifest_root = manifest.root();
+        Ok(RunReport {
+            status,
+            tasks,
+            manifest,
+            manifest_root,
+            log_path,
+            log_hash,
+            log_size,
+            log_dropped: log.dropped,
+            artifacts_dir,
+            timings: Timings {
+                prepare_ms,
+                boot_ms,
+                run_ms,
+                collect_ms,
+                total_ms: t0.elapsed().as_millis() as u64,
+            },
+            accel,
+            qemu_version,
+            image_hash: req.image.hash,
+            notes,
+        })
+    }
+}
+
+fn task_name(spec: &JobSpec, index: usize) -> String {
+    spec.tasks
+        .get(index)
+        .map(|t| t.name.clone())
+        .unwrap_or_else(|| format!("task-{index}"))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_string();
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// SIGTERM, a grace period, then SIGKILL; waits for the process either way.
+async fn stop(child: &mut tokio::process::Child, pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_ok() {
+            return;
+        }
+        warn!(pid, "qemu ignored SIGTERM; killing it");
+    }
+    let _ = child.kill().await;
+}
+
+mod console;
