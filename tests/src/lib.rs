@@ -46,3 +46,129 @@ pub fn barn(home: &std::path::Path, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", barn_bin().display()))
 }
+
+/// A data directory shared by the tests of one checkout, so images are built once:
+/// `target/barn-test-data`.
+pub fn shared_data_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("barn-test-data");
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// The repository's `images/` folder, so tests build images from the checked-out recipes.
+pub fn recipes_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images")
+}
+
+/// Runs `barn ARGS` against the shared data directory.
+pub fn barn_shared(args: &[&str]) -> Output {
+    let data = shared_data_dir();
+    Command::new(barn_bin())
+        .args(args)
+        .env("BARN_DATA_DIR", &data)
+        .env("BARN_CONFIG_DIR", data.join("config"))
+        .env_remove("RUST_LOG")
+        .env_remove("BARN_ACCEL")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", barn_bin().display()))
+}
+
+/// Builds image `name` into the shared data directory unless it is there already
+/// (once per test process).
+pub fn ensure_image(name: &str) {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.iter().any(|n| n == name) {
+        return;
+    }
+    let list = barn_shared(&["image", "list", "--json"]);
+    let have = serde_json::from_slice::<serde_json::Value>(&list.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .any(|i| i["name"] == name);
+    if !have {
+        let recipes = recipes_dir();
+        let out = barn_shared(&[
+            "image",
+            "build",
+            name,
+            "--quiet",
+            "--recipes",
+            recipes.to_str().unwrap_or("."),
+        ]);
+        assert!(
+            out.status.success(),
+            "barn image build {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    built.push(name.to_string());
+}
+
+/// A source tree with a `barn.toml`, in a temporary directory.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A project whose job file is `toml`.
+    pub fn new(toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        std::fs::write(dir.path().join("barn.toml"), toml)
+            .unwrap_or_else(|e| panic!("write barn.toml: {e}"));
+        Self { dir }
+    }
+
+    /// Adds a file.
+    pub fn file(self, path: &str, content: &str) -> Self {
+        let p = self.dir.path().join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        }
+        std::fs::write(&p, content).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        self
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// The result of `barn run --json`: its exit code and its JSON.
+pub struct RunResult {
+    pub code: i32,
+    pub json: serde_json::Value,
+    pub stderr: String,
+    pub out_dir: tempfile::TempDir,
+}
+
+/// `barn run --json DIR` against the shared data directory, keeping outputs in a new
+/// temporary directory.
+pub fn run_job(dir: &std::path::Path, extra: &[&str]) -> RunResult {
+    let out_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut args = vec![
+        "run",
+        "--json",
+        "--quiet",
+        "--out",
+        out_dir.path().to_str().unwrap_or("."),
+    ];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap_or("."));
+    let out = barn_shared(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("barn run printed no JSON ({e}); stderr:\n{stderr}"));
+    RunResult {
+        code: out.status.code().unwrap_or(-1),
+        json,
+        stderr,
+        out_dir,
+    }
+}

@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// Do not stream the guest's console.
     #[arg(long, short)]
     quiet: bool,
+    /// Keep at most this much of the guest's console log (e.g. 16MiB); the rest is counted.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size_arg)]
+    log_cap: u64,
     /// Keep the VM's work directory (input and output disks) for debugging.
     #[arg(long)]
     keep_work: bool,
@@ -106,6 +109,7 @@ pub fn run(args: RunArgs, dirs: &Dirs) -> Result<ExitCode> {
         .build()?;
     let mut cfg = RunnerConfig::new(dirs.data.join("work"));
     cfg.keep_work = args.keep_work;
+    cfg.log_cap = args.log_cap;
     let runner = Runner::new(cfg);
     let started = Instant::now();
     let report = rt.block_on(async {
@@ -155,6 +159,11 @@ pub fn run(args: RunArgs, dirs: &Dirs) -> Result<ExitCode> {
         print_report(&report);
     }
     Ok(ExitCode::from(exit_code(&report.status)))
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    jobfile::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (write e.g. 512KiB or 16MiB)"))
 }
 
 /// The exit code for a build's status (docs/cli.md).

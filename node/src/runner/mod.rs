@@ -46,6 +46,9 @@ pub use image::{Image, ImageStore};
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 /// How long the guest may take to write its output and power off after its tasks.
 pub const COLLECT_DEADLINE: Duration = Duration::from_secs(120);
+/// The pseudo-task named in a `Failed` status when the job's output broke the rules (over
+/// the quota, unsafe paths, links leading out).
+pub const OUTPUT_TASK: &str = "output";
 /// Between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
@@ -332,13 +335,14 @@ impl Runner {
                     artifacts_dir.clone(),
                     spec.resources.disk_bytes,
                 );
-                let collected =
-                    tokio::task::spawn_blocking(move || -> Result<_, output::OutputError> {
-                        let st = output::read_status(&out)?;
-                        let m = output::collect_artifacts(&out, &dest, quota)?;
-                        Ok((st, m))
-                    })
-                    .await?;
+                let collected = tokio::task::spawn_blocking(move || {
+                    let st = output::read_status(&out);
+                    let m = st
+                        .is_ok()
+                        .then(|| output::collect_artifacts(&out, &dest, quota));
+                    (st, m)
+                })
+                .await?;
                 match (ending, collected) {
                     (Ending::TimedOut, _) => {
                         // Tasks that finished before the timeout, then the one that was running.
@@ -352,7 +356,7 @@ impl Runner {
                         }
                         BuildStatus::TimedOut
                     }
-                    (_, Ok((st, m))) => {
+                    (_, (Ok(st), collected)) => {
                         tasks = st
                             .tasks
                             .iter()
@@ -365,21 +369,39 @@ impl Runner {
                         for u in &st.unmatched {
                             notes.push(format!("artifact glob {u:?} matched nothing"));
                         }
+                        let mut output_refused = st.overflow;
                         if st.overflow {
                             notes.push(format!(
                                 "the artifacts did not fit the {} output quota",
                                 barn_protocol::jobfile::show_size(spec.resources.disk_bytes)
                             ));
                         }
-                        manifest = m;
+                        match collected {
+                            Some(Ok(m)) => manifest = m,
+                            Some(Err(e)) => {
+                                output_refused = true;
+                                notes.push(format!(
+                                    "the output was refused: {:#}",
+                                    anyhow::Error::from(e)
+                                ));
+                            }
+                            None => {}
+                        }
                         match tasks.iter().find(|t| t.exit_code != Some(0)) {
                             Some(t) => BuildStatus::Failed {
                                 task: t.name.clone(),
                                 exit_code: t.exit_code.unwrap_or(-1),
                             },
-                            None if st.overflow => BuildStatus::Error {
-                                reason: "output quota exceeded".into(),
-                            },
+                            // The job's own output broke the rules: its fault, not the
+                            // infrastructure's, so a retry elsewhere would not help.
+                            None if output_refused => {
+                                manifest = Manifest::new(Vec::new());
+                                let _ = std::fs::remove_dir_all(&artifacts_dir);
+                                BuildStatus::Failed {
+                                    task: OUTPUT_TASK.into(),
+                                    exit_code: 1,
+                                }
+                            }
                             None if st.ok == Some(true) && tasks.len() == spec.tasks.len() => {
                                 BuildStatus::Succeeded
                             }
@@ -388,7 +410,7 @@ impl Runner {
                             },
                         }
                     }
-                    (_, Err(output::OutputError::NoStatus)) => {
+                    (_, (Err(output::OutputError::NoStatus), _)) => {
                         let last = log.last_lines.join(" | ");
                         let why = if qemu_stderr.trim().is_empty() {
                             last
@@ -402,8 +424,8 @@ impl Runner {
                             ),
                         }
                     }
-                    (_, Err(e)) => BuildStatus::Error {
-                        reason: format!("{e:#}"),
+                    (_, (Err(e), _)) => BuildStatus::Error {
+                        reason: format!("{:#}", anyhow::Error::from(e)),
                     },
                 }
             }

@@ -1,0 +1,235 @@
+//! `barn run` with real QEMU VMs: the tiny image for most jobs, the Debian image for a real
+//! C build. These boot real guests under TCG (or KVM where the canary proves it works).
+
+use barn_tests::{Project, barn_shared, ensure_image, recipes_dir, run_job};
+
+const HEAD: &str = "image = \"tiny-x86_64\"\narch = \"x86_64\"\ntimeout = \"2m\"\nsource_date_epoch = 1700000000\n";
+
+fn tiny(rest: &str) -> Project {
+    ensure_image("tiny-x86_64");
+    Project::new(&format!("{HEAD}{rest}"))
+}
+
+fn artifact<'a>(json: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    json["artifacts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["path"] == path)
+}
+
+#[test]
+fn example_succeeds_with_its_artifact() {
+    ensure_image("tiny-x86_64");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello");
+    let r = run_job(std::path::Path::new(example), &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.json, r.stderr);
+    assert_eq!(r.json["status"], "succeeded");
+    let tasks: Vec<_> = r.json["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].clone(), t["exit_code"].clone()))
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![("build".into(), 0.into()), ("check".into(), 0.into())]
+    );
+    let a = artifact(&r.json, "out/hello.txt").expect("out/hello.txt in the manifest");
+    let content =
+        std::fs::read_to_string(r.out_dir.path().join("artifacts/out/hello.txt")).unwrap();
+    assert_eq!(content, "hello from barn\n");
+    assert_eq!(a["size"], 16);
+    assert_eq!(
+        a["hash"],
+        barn_protocol::ContentHash::of(content.as_bytes()).to_string()
+    );
+    assert!(r.json["manifest_root"].as_str().unwrap().starts_with("b3:"));
+    assert!(r.json["log_hash"].as_str().unwrap().starts_with("b3:"));
+    assert!(["tcg", "kvm"].contains(&r.json["accelerator"].as_str().unwrap()));
+    assert!(r.json["timings"]["boot_ms"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_failing_task_is_reported_and_later_tasks_skipped() {
+    let p = tiny(
+        "[[task]]\nname = \"first\"\nrun = \"echo one\"\n\
+         [[task]]\nname = \"breaks\"\nrun = \"exit 3\"\n\
+         [[task]]\nname = \"never\"\nrun = \"touch ran\"\n",
+    );
+    let r = run_job(p.path(), &[]);
+    assert_eq!(r.code, 3, "{}", r.json);
+    assert_eq!(r.json["status"], "failed");
+    let tasks = r.json["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2, "{}", r.json);
+    assert_eq!(tasks[1]["name"], "breaks");
+    assert_eq!(tasks[1]["exit_code"], 3);
+}
+
+#[test]
+fn a_timeout_kills_the_vm_and_is_reported() {
+    ensure_image("tiny-x86_64");
+    let p2 = Project::new(&format!(
+        "{}timeout = \"4s\"\n[[task]]\nname = \"hang\"\nrun = \"echo started; sleep 600\"\n",
+        HEAD.replace("timeout = \"2m\"\n", "")
+    ));
+    let started = std::time::Instant::now();
+    let r = run_job(p2.path(), &[]);
+    assert_eq!(r.code, 4, "{}", r.json);
+    assert_eq!(r.json["status"], "timed_out");
+    let tasks = r.json["tasks"].as_array().unwrap();
+    assert_eq!(tasks[0]["name"], "hang");
+    assert!(tasks[0]["exit_code"].is_null());
+    assert!(started.elapsed().as_secs() < 60);
+    // No QEMU outlives its job: the runner removes a job's work directory only after its
+    // QEMU has exited, so a QEMU whose work directory is gone is an orphan.
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.starts_with("qemu-system"))
+    {
+        let Some(input) = line
+            .split([' ', ','])
+            .find_map(|w| w.strip_prefix("file=").filter(|f| f.ends_with("input.tar")))
+        else {
+            continue;
+        };
+        let dir = std::path::Path::new(input).parent().unwrap();
+        assert!(dir.exists(), "orphaned QEMU: {line}");
+    }
+}
+
+#[test]
+fn output_over_quota_is_refused_and_reported() {
+    let p = tiny(
+        "artifacts = [\"out/*\"]\n[resources]\ndisk = \"1MiB\"\n\
+         [[task]]\nname = \"big\"\nrun = \"mkdir -p out && head -c 3000000 /dev/zero > out/big\"\n",
+    );
+    let r = run_job(p.path(), &[]);
+    assert_eq!(r.code, 3, "{}", r.json);
+    assert_eq!(r.json["status"], "failed");
+    assert_eq!(r.json["tasks"][0]["exit_code"], 0);
+    assert!(
+        r.json["notes"]
+            .to_string()
+            .contains("did not fit the 1MiB output quota"),
+        "{}",
+        r.json
+    );
+    assert!(artifact(&r.json, "out/big").is_none());
+}
+
+#[test]
+fn a_flooded_log_is_capped() {
+    let p = tiny(
+        "[[task]]\nname = \"flood\"\nrun = \"head -c 3000000 /dev/zero | tr '\\\\0' x | fold -w 100\"\n",
+    );
+    let r = run_job(p.path(), &["--log-cap", "256KiB"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.json, r.stderr);
+    assert_eq!(r.json["log_size"], 256 * 1024);
+    assert!(
+        r.json["notes"]
+            .to_string()
+            .contains("the log was cut at 256KiB"),
+        "{}",
+        r.json
+    );
+}
+
+#[test]
+fn a_link_leading_out_of_the_output_is_refused() {
+    let p = tiny(
+        "artifacts = [\"out/*\"]\n[[task]]\nname = \"evil\"\nrun = \"mkdir -p out && echo hi > out/ok && ln -s /etc/passwd out/pw && ln -s ../../../x out/up\"\n",
+    );
+    let r = run_job(p.path(), &[]);
+    assert_eq!(r.code, 3, "{}", r.json);
+    assert_eq!(r.json["status"], "failed");
+    assert!(
+        r.json["notes"]
+            .to_string()
+            .contains("points outside the output"),
+        "{}",
+        r.json
+    );
+    assert_eq!(r.json["artifacts"].as_array().unwrap().len(), 0);
+    assert!(!r.out_dir.path().join("artifacts").exists());
+}
+
+#[test]
+fn one_job_twice_gives_one_manifest_root() {
+    let p = tiny(
+        "artifacts = [\"out/**\"]\n[[task]]\nname = \"b\"\nrun = \"mkdir -p out/sub && echo $SOURCE_DATE_EPOCH > out/epoch && date -u -d @$SOURCE_DATE_EPOCH > out/sub/date && chmod +x out/epoch\"\n",
+    );
+    let a = run_job(p.path(), &[]);
+    let b = run_job(p.path(), &[]);
+    assert_eq!(a.code, 0, "{}", a.json);
+    assert_eq!(a.json["manifest_root"], b.json["manifest_root"]);
+    assert_eq!(artifact(&a.json, "out/epoch").unwrap()["executable"], true);
+}
+
+#[test]
+fn random_output_gives_two_roots() {
+    let p = tiny(
+        "artifacts = [\"out/*\"]\n[[task]]\nname = \"r\"\nrun = \"mkdir -p out && head -c 32 /dev/urandom > out/random\"\n",
+    );
+    let a = run_job(p.path(), &[]);
+    let b = run_job(p.path(), &[]);
+    assert_eq!(a.code, 0, "{}", a.json);
+    assert_ne!(a.json["manifest_root"], b.json["manifest_root"]);
+}
+
+#[test]
+fn the_tiny_image_builds_reproducibly() {
+    ensure_image("tiny-x86_64");
+    let recipes = recipes_dir();
+    let first = barn_shared(&["image", "list", "--json"]);
+    let before: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let out = barn_shared(&[
+        "image",
+        "build",
+        "tiny-x86_64",
+        "--quiet",
+        "--recipes",
+        recipes.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let hash = line.split_whitespace().nth(2).unwrap();
+    let old = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "tiny-x86_64")
+        .unwrap();
+    assert_eq!(old["hash"], hash);
+}
+
+#[test]
+fn a_c_program_builds_with_make_in_the_debian_image() {
+    ensure_image("debian-12-x86_64");
+    let p = Project::new(
+        "image = \"debian-12-x86_64\"\narch = \"x86_64\"\ntimeout = \"5m\"\nsource_date_epoch = 1700000000\nartifacts = [\"hello\"]\n\
+         [resources]\nmemory = \"512MiB\"\n\
+         [[task]]\nname = \"build\"\nrun = \"make\"\n\
+         [[task]]\nname = \"test\"\nrun = \"./hello | grep -q 'hello, barn'\"\n",
+    )
+    .file("Makefile", "hello: hello.c\n\tgcc -O2 -o hello hello.c\n")
+    .file("hello.c", "#include <stdio.h>\nint main(void) { puts(\"hello, barn\"); return 0; }\n");
+    let a = run_job(p.path(), &[]);
+    assert_eq!(a.code, 0, "{}\n{}", a.json, a.stderr);
+    let bin = artifact(&a.json, "hello").unwrap();
+    assert_eq!(bin["executable"], true);
+    let elf = std::fs::read(a.out_dir.path().join("artifacts/hello")).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    let b = run_job(p.path(), &[]);
+    assert_eq!(
+        a.json["manifest_root"], b.json["manifest_root"],
+        "gcc output differs between two VM runs"
+    );
+}
