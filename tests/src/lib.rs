@@ -7,9 +7,15 @@ use std::sync::OnceLock;
 
 /// The `barn` binary: `$BARN_BIN`, or the workspace's own, built once per test run
 /// (cargo builds binaries only for the package under test, and the binary is in barn-node).
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes every helper use the `barn` at `path` (benchmarks use a release build).
+pub fn use_bin(path: PathBuf) {
+    let _ = BIN.set(path);
+}
+
 #[expect(clippy::expect_used, reason = "test helpers fail loudly")]
 pub fn barn_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("BARN_BIN") {
             return PathBuf::from(p);
@@ -112,6 +118,7 @@ pub fn ensure_image(name: &str) {
 }
 
 /// A source tree with a `barn.toml`, in a temporary directory.
+#[derive(Debug)]
 pub struct Project {
     pub dir: tempfile::TempDir,
 }
@@ -141,6 +148,7 @@ impl Project {
 }
 
 /// The result of `barn run --json`: its exit code and its JSON.
+#[derive(Debug)]
 pub struct RunResult {
     pub code: i32,
     pub json: serde_json::Value,

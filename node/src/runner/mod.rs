@@ -437,7 +437,9 @@ impl Runner {
                 log.dropped
             ));
         }
-        let collect_ms = t_collect.elapsed().as_millis() as u64;
+        // Collecting starts when the guest reports its result: writing the output tar and
+        // powering off are part of it, then the host reads the disk.
+        let collect_ms = t_done.unwrap_or(t_collect).elapsed().as_millis() as u64;
         let (log_hash, log_size) = ContentHash::of_reader(std::fs::File::open(&log_path)?)?;
         emit(Event::Phase(Phase::Done));
         if self.cfg.keep_work {

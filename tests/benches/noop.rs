@@ -1,0 +1,95 @@
+//! Benchmark: the cost of a no-op job in a VM, from `barn run` starting to its result, and
+//! its parts (prepare, boot, run, collect), over N runs (default 10; `BENCH_RUNS`).
+//!
+//! Run: `cargo bench -p barn-tests --bench noop`. It builds barn in release mode, builds the
+//! tiny image if needed, then prints medians and spreads; docs/performance.md quotes it.
+
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark fails loudly")]
+
+use std::process::Command;
+use std::time::Instant;
+
+use barn_tests::{Project, ensure_image, shared_data_dir};
+
+fn stats(name: &str, mut xs: Vec<f64>) {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    let median = if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    };
+    let p90 = xs[((n as f64 * 0.9).ceil() as usize)
+        .saturating_sub(1)
+        .min(n - 1)];
+    println!(
+        "{name:<22} median {median:7.0} ms   min {:7.0}   p90 {p90:7.0}   max {:7.0}   (n={n})",
+        xs[0],
+        xs[n - 1]
+    );
+}
+
+fn main() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    if std::env::var_os("BARN_BIN").is_none() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-q", "-p", "barn-node"])
+            .current_dir(root)
+            .status()
+            .expect("cargo")
+            .success();
+        assert!(ok, "release build failed");
+        barn_tests::use_bin(format!("{root}/target/release/barn").into());
+    }
+    ensure_image("tiny-x86_64");
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let p = Project::new(
+        "image = \"tiny-x86_64\"\narch = \"x86_64\"\n[[task]]\nname = \"noop\"\nrun = \"true\"\n",
+    );
+    let data = shared_data_dir();
+    let (mut wall, mut total, mut prepare, mut boot, mut run, mut collect) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut accel = String::new();
+    for i in 0..runs + 1 {
+        let out = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let o = Command::new(barn_tests::barn_bin())
+            .args([
+                "run",
+                "--json",
+                "--quiet",
+                "--out",
+                out.path().to_str().unwrap(),
+                p.path().to_str().unwrap(),
+            ])
+            .env("BARN_DATA_DIR", &data)
+            .env("BARN_CONFIG_DIR", data.join("config"))
+            .output()
+            .unwrap();
+        let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        assert_eq!(v["status"], "succeeded", "{v}");
+        if i == 0 {
+            continue; // warm-up: page cache, KVM canary verdict
+        }
+        accel = v["accelerator"].as_str().unwrap_or_default().to_string();
+        let ms = |k: &str| v["timings"][k].as_f64().unwrap();
+        wall.push(elapsed);
+        total.push(ms("total_ms"));
+        prepare.push(ms("prepare_ms"));
+        boot.push(ms("boot_ms"));
+        run.push(ms("run_ms"));
+        collect.push(ms("collect_ms"));
+    }
+    println!("no-op job in tiny-x86_64, accelerator {accel}, {runs} runs after one warm-up");
+    stats("barn run (wall)", wall);
+    stats("runner total", total);
+    stats("  prepare", prepare);
+    stats("  boot (to ready)", boot);
+    stats("  run", run);
+    stats("  collect", collect);
+}
