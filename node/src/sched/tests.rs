@@ -1,0 +1,282 @@
+//! An in-process harness for the scheduling rules: one coordinator, several volunteers,
+//! messages routed in memory, and a fake runner that finishes a started job on the next
+//! step. libp2p and QEMU are tested elsewhere; this checks the protocol logic on top.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use barn_protocol::message::*;
+use barn_protocol::{ContentHash, NodeId, SecretKey, Signed, SubmitterId};
+
+use super::coordinator::LEASE_SECS;
+use super::volunteer::{Action, RETRY_SECS};
+use super::*;
+
+struct Harness {
+    now: u64,
+    submitter: SecretKey,
+    coordinator: Coordinator,
+    coord_id: NodeId,
+    volunteers: Vec<Volunteer>,
+    /// Jobs each volunteer is running (the fake runner finishes them on the next step).
+    running: BTreeMap<NodeId, Vec<(JobId, LeaseId)>>,
+    /// Volunteers that vanished: they neither run nor answer.
+    gone: BTreeSet<NodeId>,
+    /// Results the coordinator accepted, per job.
+    results: BTreeMap<JobId, Vec<NodeId>>,
+    /// What the fake runner reports.
+    fail_with_error: BTreeSet<NodeId>,
+}
+
+fn caps(archs: &[&str], mem_mib: u64, slots: u32) -> Capabilities {
+    Capabilities { archs: archs.iter().map(|s| s.to_string()).collect(), memory_bytes: mem_mib << 20, slots, images: BTreeSet::new() }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let coord = SecretKey::from_seed([1; 32]);
+        Self {
+            now: 1_000,
+            submitter: SecretKey::from_seed([2; 32]),
+            coordinator: Coordinator::new(),
+            coord_id: coord.node_id(),
+            volunteers: Vec::new(),
+            running: BTreeMap::new(),
+            gone: BTreeSet::new(),
+            results: BTreeMap::new(),
+            fail_with_error: BTreeSet::new(),
+        }
+    }
+
+    fn trust_all(&self) -> Trust {
+        Trust { submitters: BTreeSet::from([self.submitter.submitter_id()]), accept_any: false }
+    }
+
+    fn add_volunteer(&mut self, seed: u8, c: Capabilities, trust: Trust) -> NodeId {
+        let id = SecretKey::from_seed([100 + seed; 32]).node_id();
+        self.volunteers.push(Volunteer::new(id, c, trust));
+        id
+    }
+
+    fn submit(&mut self, arch: &str, mem_mib: u64, replicas: u8) -> JobId {
+        let job = Job {
+            spec: JobSpec {
+                image: "tiny-x86_64".into(),
+                arch: arch.into(),
+                tasks: vec![Task { name: "t".into(), run: "true".into() }],
+                env: Default::default(),
+                artifacts: vec![],
+                resources: Resources { cpus: 1, memory_bytes: mem_mib << 20, disk_bytes: 1 << 20 },
+                timeout_secs: 60,
+                replicas,
+                source_date_epoch: 0,
+            },
+            image_hash: ContentHash::of(b"img"),
+            source: ContentHash::of(b"src"),
+            source_size: 3,
+            coordinator: self.coord_id,
+            coordinator_addrs: vec![],
+            created: self.now,
+            expires: self.now + 3600,
+            nonce: serde_bytes::ByteArray::new(random_bytes()),
+        };
+        let signed = Signed::sign(job.clone(), &self.submitter);
+        let id = JobId::of(&signed);
+        self.coordinator.add_job(id, job, vec![]);
+        id
+    }
+
+    /// Announces open jobs to every volunteer (what the coordinator's periodic gossip does),
+    /// routes claims and grants, lets the fake runner finish jobs, advances time.
+    fn step(&mut self, secs: u64) {
+        self.now += secs;
+        let submitter = SubmitterId(self.submitter.public());
+        let open = self.coordinator.open_jobs(self.now);
+        let mut actions: Vec<(usize, Action)> = Vec::new();
+        for (i, v) in self.volunteers.iter_mut().enumerate() {
+            if self.gone.contains(&v.me) {
+                continue;
+            }
+            for id in &open {
+                let job = self.coordinator.job(id).unwrap().job.clone();
+                actions.extend(v.on_job(*id, job, submitter, self.now).into_iter().map(|a| (i, a)));
+            }
+            actions.extend(v.poll(self.now).into_iter().map(|a| (i, a)));
+        }
+        // Finish what was running (fake runner), then route this step's actions.
+        let running = std::mem::take(&mut self.running);
+        for (node, jobs) in running {
+            if self.gone.contains(&node) {
+                continue;
+            }
+            for (job, lease) in jobs {
+                let status = if self.fail_with_error.contains(&node) {
+                    BuildStatus::Error { reason: "vm".into() }
+                } else {
+                    BuildStatus::Succeeded
+                };
+                let result = fake_result(job, lease, node, status);
+                if let Ok(coordinator::LeaseState::Done) = self.coordinator.on_result(&job, &result, node) {
+                    self.results.entry(job).or_default().push(node);
+                }
+                let i = self.volunteers.iter().position(|v| v.me == node).unwrap();
+                actions.extend(self.volunteers[i].on_finished(&job, self.now).into_iter().map(|a| (i, a)));
+            }
+        }
+        while let Some((i, action)) = actions.pop() {
+            let me = self.volunteers[i].me;
+            match action {
+                Action::Claim { job, coordinator } => {
+                    assert_eq!(coordinator, self.coord_id);
+                    let decision = self.coordinator.on_claim(&job, me, self.now);
+                    actions.extend(self.volunteers[i].on_grant(&job, &decision, self.now).into_iter().map(|a| (i, a)));
+                }
+                Action::Start { job, lease } => self.running.entry(me).or_default().push((job, lease)),
+            }
+        }
+        self.coordinator.tick(self.now);
+    }
+
+    fn ran(&self, job: &JobId) -> Vec<NodeId> {
+        self.results.get(job).cloned().unwrap_or_default()
+    }
+}
+
+fn fake_result(job: JobId, lease: LeaseId, node: NodeId, status: BuildStatus) -> BuildResult {
+    let manifest = barn_protocol::manifest::Manifest::new(vec![]);
+    BuildResult {
+        job,
+        lease: Some(lease),
+        node,
+        status,
+        tasks: vec![],
+        manifest_root: manifest.root(),
+        manifest,
+        log_hash: ContentHash::of(b""),
+        log_size: 0,
+        timings: Timings::default(),
+        image_hash: ContentHash::of(b"img"),
+        arch: "x86_64".into(),
+        accel: Accel::Tcg,
+        qemu_version: "test".into(),
+        finished: 0,
+    }
+}
+
+#[test]
+fn jobs_go_only_to_nodes_with_the_arch_and_the_memory() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    let big = h.add_volunteer(1, caps(&["x86_64"], 2048, 1), t.clone());
+    let _s390 = h.add_volunteer(2, caps(&["s390x"], 8192, 1), t.clone());
+    let _small = h.add_volunteer(3, caps(&["x86_64"], 256, 1), t);
+    let job = h.submit("x86_64", 1024, 3);
+    for _ in 0..5 {
+        h.step(1);
+    }
+    assert_eq!(h.ran(&job), vec![big]);
+}
+
+#[test]
+fn never_more_grants_than_replicas_and_all_distinct() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    for i in 0..6 {
+        h.add_volunteer(i, caps(&["x86_64"], 1024, 2), t.clone());
+    }
+    let job = h.submit("x86_64", 256, 3);
+    for _ in 0..5 {
+        h.step(1);
+        assert!(h.coordinator.job(&job).unwrap().held() <= 3);
+    }
+    let ran = h.ran(&job);
+    assert_eq!(ran.len(), 3);
+    assert_eq!(ran.iter().collect::<BTreeSet<_>>().len(), 3, "replicas went to one node twice");
+    assert!(h.coordinator.job(&job).unwrap().complete());
+    // Once complete, the job is no longer announced and nobody else claims it.
+    assert!(h.coordinator.open_jobs(h.now).is_empty());
+}
+
+#[test]
+fn an_untrusted_submitter_is_ignored() {
+    let mut h = Harness::new();
+    let stranger = Trust { submitters: BTreeSet::from([SecretKey::from_seed([9; 32]).submitter_id()]), accept_any: false };
+    let v = h.add_volunteer(1, caps(&["x86_64"], 1024, 1), stranger);
+    let job = h.submit("x86_64", 256, 1);
+    for _ in 0..3 {
+        h.step(1);
+    }
+    assert!(h.ran(&job).is_empty());
+    let state = h.volunteers[0].state(&job).cloned();
+    assert!(matches!(state, Some(volunteer::State::Waiting { why: Some(ref w), .. }) if w.contains("not trusted")), "{state:?}");
+    // accept_any is an explicit opt-in that changes that.
+    h.volunteers[0].trust.accept_any = true;
+    h.step(RETRY_SECS);
+    h.step(1);
+    assert_eq!(h.ran(&job), vec![v]);
+}
+
+#[test]
+fn a_job_no_node_matches_waits_and_runs_when_one_appears() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    h.add_volunteer(1, caps(&["aarch64"], 4096, 1), t.clone());
+    let job = h.submit("x86_64", 256, 1);
+    for _ in 0..10 {
+        h.step(1);
+    }
+    assert!(h.ran(&job).is_empty());
+    assert_eq!(h.coordinator.open_jobs(h.now), vec![job]);
+    let late = h.add_volunteer(2, caps(&["x86_64"], 1024, 1), t);
+    h.step(1);
+    h.step(1);
+    assert_eq!(h.ran(&job), vec![late]);
+}
+
+#[test]
+fn a_vanished_volunteers_lease_expires_and_goes_to_the_next() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    let first = h.add_volunteer(1, caps(&["x86_64"], 1024, 1), t.clone());
+    let job = h.submit("x86_64", 256, 1);
+    h.step(1); // first claims and is granted
+    assert_eq!(h.coordinator.job(&job).unwrap().held(), 1);
+    h.gone.insert(first);
+    let second = h.add_volunteer(2, caps(&["x86_64"], 1024, 1), t);
+    h.step(1);
+    assert!(h.ran(&job).is_empty(), "the slot is still leased to the vanished node");
+    h.step(LEASE_SECS); // no heartbeat: the lease lapses
+    h.step(RETRY_SECS);
+    h.step(1);
+    assert_eq!(h.ran(&job), vec![second]);
+}
+
+#[test]
+fn an_infrastructure_error_frees_the_replica_for_another_node() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    let flaky = h.add_volunteer(1, caps(&["x86_64"], 1024, 1), t.clone());
+    h.fail_with_error.insert(flaky);
+    let job = h.submit("x86_64", 256, 1);
+    h.step(1);
+    h.step(1);
+    assert!(h.ran(&job).is_empty());
+    let good = h.add_volunteer(2, caps(&["x86_64"], 1024, 1), t);
+    for _ in 0..3 {
+        h.step(1);
+    }
+    assert_eq!(h.ran(&job), vec![good]);
+}
+
+#[test]
+fn heartbeats_keep_a_lease_and_only_its_node_may_send_them() {
+    let mut h = Harness::new();
+    let job = h.submit("x86_64", 256, 1);
+    let c = &mut h.coordinator;
+    let a = SecretKey::from_seed([5; 32]).node_id();
+    let b = SecretKey::from_seed([6; 32]).node_id();
+    let GrantDecision::Granted { lease, .. } = c.on_claim(&job, a, 0) else { panic!("not granted") };
+    assert_eq!(c.on_heartbeat(&job, &lease, a, 20), Ok(20 + LEASE_SECS));
+    assert_eq!(c.on_heartbeat(&job, &lease, b, 20), Err(coordinator::Refusal::UnknownLease));
+    assert!(c.tick(40).is_empty(), "renewed lease expired early");
+    assert_eq!(c.tick(20 + LEASE_SECS).len(), 1);
+}
