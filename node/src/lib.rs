@@ -4,6 +4,12 @@
 //!
 //! One folder per concern, each saying what it owns in its `//!` header.
 
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod dirs;
+pub mod net;
 pub mod runner;
+pub mod sched;
+pub mod store;

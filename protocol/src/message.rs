@@ -221,6 +221,24 @@ impl Message for Job {
     const MAX_SIZE: usize = MAX_GOSSIP_MESSAGE;
 }
 
+/// A job announcement on gossip `barn/jobs/1`: the signed job and when this copy was sent.
+/// Not signed itself (the job inside is). The coordinator announces a job again every few
+/// seconds while it wants replicas, so nodes that join later still learn of it; `sent`
+/// makes each copy's bytes (and so its gossip message id) new.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAnnounce {
+    /// The signed `job` envelope.
+    #[serde(with = "serde_bytes")]
+    pub job: Vec<u8>,
+    /// Unix milliseconds.
+    pub sent: u64,
+}
+
+impl JobAnnounce {
+    /// The largest announcement accepted.
+    pub const MAX_SIZE: usize = MAX_GOSSIP_MESSAGE;
+}
+
 /// A volunteer asks the coordinator for a lease on a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {

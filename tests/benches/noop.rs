@@ -4,7 +4,11 @@
 //! Run: `cargo bench -p barn-tests --bench noop`. It builds barn in release mode, builds the
 //! tiny image if needed, then prints medians and spreads; docs/performance.md quotes it.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark fails loudly")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark fails loudly"
+)]
 
 use std::process::Command;
 use std::time::Instant;

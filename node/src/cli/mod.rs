@@ -2,11 +2,18 @@
 //!
 //! Exit codes are documented in `docs/cli.md`; [`exit`] holds them.
 
+mod demo;
+mod fetch;
 mod image;
 mod job;
-mod key;
+mod jobs;
+pub mod key;
+mod node;
+mod nodes;
 mod pack;
 mod run;
+mod submit;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +33,8 @@ pub mod exit {
     pub const TIMED_OUT: u8 = 4;
     /// The infrastructure failed (the VM did not boot, the output was unreadable, …).
     pub const INFRASTRUCTURE: u8 = 5;
+    /// Replicas succeeded but their outputs differ.
+    pub const DIFFERS: u8 = 10;
 }
 
 /// barn: a peer-to-peer volunteer build farm.
@@ -52,14 +61,28 @@ enum Command {
     Key(key::KeyCommand),
     /// Pack a source tree deterministically and print its source hash.
     Pack(pack::PackArgs),
-    /// Work with job files.
-    #[command(subcommand)]
-    Job(job::JobCommand),
+    /// Show a job of the running node (`barn job ID`), or check a job file (`barn job check`).
+    Job(jobs::JobArgs),
+    /// List the jobs the running node knows.
+    Jobs(jobs::JobsArgs),
+    /// List the nodes the running node knows.
+    Nodes(nodes::NodesArgs),
+    /// Print one replica's build log.
+    Log(fetch::LogArgs),
+    /// Fetch one replica's artifacts into a folder, verified against its signed manifest.
+    Fetch(fetch::FetchArgs),
     /// Build and list guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Run DIR's barn.toml in a local VM (no network, no farm) and print the result.
     Run(run::RunArgs),
+    /// Run a volunteer node (the daemon) until SIGINT or SIGTERM.
+    Node(node::NodeArgs),
+    /// Sign DIR's job with the project key and hand it to the local node to coordinate.
+    Submit(submit::SubmitArgs),
+    /// Start a local farm (a submitter and three volunteers on 127.0.0.1), build DIR's job
+    /// (default: the hello example) on every volunteer, and show whether they agree.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command.
@@ -68,8 +91,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Key(cmd) => key::run(cmd, &dirs),
         Command::Pack(a) => pack::run(a),
-        Command::Job(cmd) => job::run(cmd),
+        Command::Job(a) => jobs::run_job(a, &dirs),
+        Command::Jobs(a) => jobs::run(a, &dirs),
+        Command::Nodes(a) => nodes::run(a, &dirs),
+        Command::Log(a) => fetch::run_log(a, &dirs),
+        Command::Fetch(a) => fetch::run_fetch(a, &dirs),
         Command::Image(cmd) => image::run(cmd, &dirs),
         Command::Run(a) => run::run(a, &dirs),
+        Command::Node(a) => node::run(a, &dirs),
+        Command::Submit(a) => submit::run(a, &dirs),
+        Command::Demo(a) => demo::run(a, &dirs),
     }
 }

@@ -172,6 +172,35 @@ impl ImageStore {
         Ok(img)
     }
 
+    /// Unpacks an image tar (a verified blob) into the store; refuses it unless its
+    /// files hash to `expected`.
+    pub fn import_tar(&self, tar_path: &Path, expected: &ContentHash) -> Result<Image> {
+        let scratch = tempfile::Builder::new()
+            .prefix("fetch-")
+            .tempdir_in(self.ensure_dir()?)?;
+        let out = scratch.path().join("image");
+        std::fs::create_dir_all(&out)?;
+        let mut archive =
+            tar::Archive::new(std::io::BufReader::new(std::fs::File::open(tar_path)?));
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.into_owned();
+            // An image is a flat folder of regular files.
+            let name = path.file_name().filter(|_| {
+                path.components().count() == 1 && entry.header().entry_type().is_file()
+            });
+            let Some(name) = name else {
+                bail!("image tar has an unexpected entry {}", path.display())
+            };
+            entry.unpack(out.join(name))?;
+        }
+        let hash = barn_protocol::pack::pack_dir(&out, std::io::sink())?.hash;
+        if &hash != expected {
+            bail!("the image's files hash to {hash}, not {expected}");
+        }
+        self.import_dir(&out)
+    }
+
     /// Builds image `name` from barn's compiled-in recipe, or from `recipes` (a checkout's
     /// `images/` folder) if given, with downloaded packages cached in `cache`.
     pub fn build(

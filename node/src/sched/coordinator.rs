@@ -43,11 +43,17 @@ pub struct CJob {
 impl CJob {
     /// Leases that hold a replica slot: active or done.
     pub fn held(&self) -> usize {
-        self.leases.iter().filter(|l| matches!(l.state, LeaseState::Active | LeaseState::Done)).count()
+        self.leases
+            .iter()
+            .filter(|l| matches!(l.state, LeaseState::Active | LeaseState::Done))
+            .count()
     }
 
     pub fn done(&self) -> usize {
-        self.leases.iter().filter(|l| l.state == LeaseState::Done).count()
+        self.leases
+            .iter()
+            .filter(|l| l.state == LeaseState::Done)
+            .count()
     }
 
     /// Every replica has a result.
@@ -100,32 +106,67 @@ impl Coordinator {
 
     /// A verified claim from `node` (the claim's signer).
     pub fn on_claim(&mut self, id: &JobId, node: NodeId, now: u64) -> GrantDecision {
-        let deny = |reason: &str| GrantDecision::Denied { reason: reason.to_string() };
-        let Some(j) = self.jobs.get_mut(id) else { return deny("unknown job") };
+        let deny = |reason: &str| GrantDecision::Denied {
+            reason: reason.to_string(),
+        };
+        let Some(j) = self.jobs.get_mut(id) else {
+            return deny("unknown job");
+        };
         if j.job.expires <= now {
             return deny("the job expired");
         }
-        if let Some(l) = j.leases.iter_mut().find(|l| l.node == node && l.state == LeaseState::Active) {
+        if let Some(l) = j
+            .leases
+            .iter_mut()
+            .find(|l| l.node == node && l.state == LeaseState::Active)
+        {
             // A retried claim: the same lease, renewed.
             l.expires = now + LEASE_SECS;
-            return GrantDecision::Granted { lease: l.id, expires: l.expires, heartbeat_secs: HEARTBEAT_SECS };
+            return GrantDecision::Granted {
+                lease: l.id,
+                expires: l.expires,
+                heartbeat_secs: HEARTBEAT_SECS,
+            };
         }
-        if j.leases.iter().any(|l| l.node == node && l.state == LeaseState::Done) {
+        if j.leases
+            .iter()
+            .any(|l| l.node == node && l.state == LeaseState::Done)
+        {
             return deny("this node already built the job");
         }
         if j.held() >= usize::from(j.job.spec.replicas) {
             return deny("every replica is leased");
         }
-        let lease = Lease { id: LeaseId::random(), node, granted: now, expires: now + LEASE_SECS, state: LeaseState::Active };
-        let decision = GrantDecision::Granted { lease: lease.id, expires: lease.expires, heartbeat_secs: HEARTBEAT_SECS };
+        let lease = Lease {
+            id: LeaseId::random(),
+            node,
+            granted: now,
+            expires: now + LEASE_SECS,
+            state: LeaseState::Active,
+        };
+        let decision = GrantDecision::Granted {
+            lease: lease.id,
+            expires: lease.expires,
+            heartbeat_secs: HEARTBEAT_SECS,
+        };
         j.leases.push(lease);
         decision
     }
 
     /// A verified heartbeat from `node`; returns the lease's new expiry.
-    pub fn on_heartbeat(&mut self, id: &JobId, lease: &LeaseId, node: NodeId, now: u64) -> Result<u64, Refusal> {
+    pub fn on_heartbeat(
+        &mut self,
+        id: &JobId,
+        lease: &LeaseId,
+        node: NodeId,
+        now: u64,
+    ) -> Result<u64, Refusal> {
         let j = self.jobs.get_mut(id).ok_or(Refusal::UnknownJob)?;
-        let l = j.leases.iter_mut().find(|l| &l.id == lease && l.node == node).ok_or(Refusal::UnknownLease)?;
+        let l = j
+            .leases
+            .iter_mut()
+            .find(|l| &l.id == lease && l.node == node)
+            .ok_or(Refusal::UnknownLease)?;
         if l.state != LeaseState::Active {
             return Err(Refusal::Inactive);
         }
@@ -135,7 +176,12 @@ impl Coordinator {
 
     /// A verified result from `node`. A late result on an expired lease is still taken
     /// while a replica slot is free: the work was done.
-    pub fn on_result(&mut self, id: &JobId, result: &BuildResult, node: NodeId) -> Result<LeaseState, Refusal> {
+    pub fn on_result(
+        &mut self,
+        id: &JobId,
+        result: &BuildResult,
+        node: NodeId,
+    ) -> Result<LeaseState, Refusal> {
         if &result.job != id || result.node != node {
             return Err(Refusal::Mismatch);
         }

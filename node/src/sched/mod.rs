@@ -68,7 +68,13 @@ pub enum Mismatch {
 }
 
 /// Whether a volunteer with `caps` and `trust` would run `job` (slots aside).
-pub fn matches(job: &Job, submitter: &SubmitterId, caps: &Capabilities, trust: &Trust, now: u64) -> Result<(), Mismatch> {
+pub fn matches(
+    job: &Job,
+    submitter: &SubmitterId,
+    caps: &Capabilities,
+    trust: &Trust,
+    now: u64,
+) -> Result<(), Mismatch> {
     if !trust.trusts(submitter) {
         return Err(Mismatch::Untrusted(submitter.short()));
     }
@@ -79,7 +85,10 @@ pub fn matches(job: &Job, submitter: &SubmitterId, caps: &Capabilities, trust: &
         return Err(Mismatch::Arch(job.spec.arch.clone()));
     }
     if job.spec.resources.memory_bytes > caps.memory_bytes {
-        return Err(Mismatch::Memory { need: job.spec.resources.memory_bytes, have: caps.memory_bytes });
+        return Err(Mismatch::Memory {
+            need: job.spec.resources.memory_bytes,
+            have: caps.memory_bytes,
+        });
     }
     Ok(())
 }

@@ -28,7 +28,12 @@ struct Harness {
 }
 
 fn caps(archs: &[&str], mem_mib: u64, slots: u32) -> Capabilities {
-    Capabilities { archs: archs.iter().map(|s| s.to_string()).collect(), memory_bytes: mem_mib << 20, slots, images: BTreeSet::new() }
+    Capabilities {
+        archs: archs.iter().map(|s| s.to_string()).collect(),
+        memory_bytes: mem_mib << 20,
+        slots,
+        images: BTreeSet::new(),
+    }
 }
 
 impl Harness {
@@ -48,7 +53,10 @@ impl Harness {
     }
 
     fn trust_all(&self) -> Trust {
-        Trust { submitters: BTreeSet::from([self.submitter.submitter_id()]), accept_any: false }
+        Trust {
+            submitters: BTreeSet::from([self.submitter.submitter_id()]),
+            accept_any: false,
+        }
     }
 
     fn add_volunteer(&mut self, seed: u8, c: Capabilities, trust: Trust) -> NodeId {
@@ -62,10 +70,17 @@ impl Harness {
             spec: JobSpec {
                 image: "tiny-x86_64".into(),
                 arch: arch.into(),
-                tasks: vec![Task { name: "t".into(), run: "true".into() }],
+                tasks: vec![Task {
+                    name: "t".into(),
+                    run: "true".into(),
+                }],
                 env: Default::default(),
                 artifacts: vec![],
-                resources: Resources { cpus: 1, memory_bytes: mem_mib << 20, disk_bytes: 1 << 20 },
+                resources: Resources {
+                    cpus: 1,
+                    memory_bytes: mem_mib << 20,
+                    disk_bytes: 1 << 20,
+                },
                 timeout_secs: 60,
                 replicas,
                 source_date_epoch: 0,
@@ -98,7 +113,11 @@ impl Harness {
             }
             for id in &open {
                 let job = self.coordinator.job(id).unwrap().job.clone();
-                actions.extend(v.on_job(*id, job, submitter, self.now).into_iter().map(|a| (i, a)));
+                actions.extend(
+                    v.on_job(*id, job, submitter, self.now)
+                        .into_iter()
+                        .map(|a| (i, a)),
+                );
             }
             actions.extend(v.poll(self.now).into_iter().map(|a| (i, a)));
         }
@@ -110,16 +129,25 @@ impl Harness {
             }
             for (job, lease) in jobs {
                 let status = if self.fail_with_error.contains(&node) {
-                    BuildStatus::Error { reason: "vm".into() }
+                    BuildStatus::Error {
+                        reason: "vm".into(),
+                    }
                 } else {
                     BuildStatus::Succeeded
                 };
                 let result = fake_result(job, lease, node, status);
-                if let Ok(coordinator::LeaseState::Done) = self.coordinator.on_result(&job, &result, node) {
+                if let Ok(coordinator::LeaseState::Done) =
+                    self.coordinator.on_result(&job, &result, node)
+                {
                     self.results.entry(job).or_default().push(node);
                 }
                 let i = self.volunteers.iter().position(|v| v.me == node).unwrap();
-                actions.extend(self.volunteers[i].on_finished(&job, self.now).into_iter().map(|a| (i, a)));
+                actions.extend(
+                    self.volunteers[i]
+                        .on_finished(&job, self.now)
+                        .into_iter()
+                        .map(|a| (i, a)),
+                );
             }
         }
         while let Some((i, action)) = actions.pop() {
@@ -128,9 +156,16 @@ impl Harness {
                 Action::Claim { job, coordinator } => {
                     assert_eq!(coordinator, self.coord_id);
                     let decision = self.coordinator.on_claim(&job, me, self.now);
-                    actions.extend(self.volunteers[i].on_grant(&job, &decision, self.now).into_iter().map(|a| (i, a)));
+                    actions.extend(
+                        self.volunteers[i]
+                            .on_grant(&job, &decision, self.now)
+                            .into_iter()
+                            .map(|a| (i, a)),
+                    );
                 }
-                Action::Start { job, lease } => self.running.entry(me).or_default().push((job, lease)),
+                Action::Start { job, lease } => {
+                    self.running.entry(me).or_default().push((job, lease))
+                }
             }
         }
         self.coordinator.tick(self.now);
@@ -190,7 +225,11 @@ fn never_more_grants_than_replicas_and_all_distinct() {
     }
     let ran = h.ran(&job);
     assert_eq!(ran.len(), 3);
-    assert_eq!(ran.iter().collect::<BTreeSet<_>>().len(), 3, "replicas went to one node twice");
+    assert_eq!(
+        ran.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "replicas went to one node twice"
+    );
     assert!(h.coordinator.job(&job).unwrap().complete());
     // Once complete, the job is no longer announced and nobody else claims it.
     assert!(h.coordinator.open_jobs(h.now).is_empty());
@@ -199,7 +238,10 @@ fn never_more_grants_than_replicas_and_all_distinct() {
 #[test]
 fn an_untrusted_submitter_is_ignored() {
     let mut h = Harness::new();
-    let stranger = Trust { submitters: BTreeSet::from([SecretKey::from_seed([9; 32]).submitter_id()]), accept_any: false };
+    let stranger = Trust {
+        submitters: BTreeSet::from([SecretKey::from_seed([9; 32]).submitter_id()]),
+        accept_any: false,
+    };
     let v = h.add_volunteer(1, caps(&["x86_64"], 1024, 1), stranger);
     let job = h.submit("x86_64", 256, 1);
     for _ in 0..3 {
@@ -207,7 +249,10 @@ fn an_untrusted_submitter_is_ignored() {
     }
     assert!(h.ran(&job).is_empty());
     let state = h.volunteers[0].state(&job).cloned();
-    assert!(matches!(state, Some(volunteer::State::Waiting { why: Some(ref w), .. }) if w.contains("not trusted")), "{state:?}");
+    assert!(
+        matches!(state, Some(volunteer::State::Waiting { why: Some(ref w), .. }) if w.contains("not trusted")),
+        "{state:?}"
+    );
     // accept_any is an explicit opt-in that changes that.
     h.volunteers[0].trust.accept_any = true;
     h.step(RETRY_SECS);
@@ -243,7 +288,10 @@ fn a_vanished_volunteers_lease_expires_and_goes_to_the_next() {
     h.gone.insert(first);
     let second = h.add_volunteer(2, caps(&["x86_64"], 1024, 1), t);
     h.step(1);
-    assert!(h.ran(&job).is_empty(), "the slot is still leased to the vanished node");
+    assert!(
+        h.ran(&job).is_empty(),
+        "the slot is still leased to the vanished node"
+    );
     h.step(LEASE_SECS); // no heartbeat: the lease lapses
     h.step(RETRY_SECS);
     h.step(1);
@@ -274,9 +322,14 @@ fn heartbeats_keep_a_lease_and_only_its_node_may_send_them() {
     let c = &mut h.coordinator;
     let a = SecretKey::from_seed([5; 32]).node_id();
     let b = SecretKey::from_seed([6; 32]).node_id();
-    let GrantDecision::Granted { lease, .. } = c.on_claim(&job, a, 0) else { panic!("not granted") };
+    let GrantDecision::Granted { lease, .. } = c.on_claim(&job, a, 0) else {
+        panic!("not granted")
+    };
     assert_eq!(c.on_heartbeat(&job, &lease, a, 20), Ok(20 + LEASE_SECS));
-    assert_eq!(c.on_heartbeat(&job, &lease, b, 20), Err(coordinator::Refusal::UnknownLease));
+    assert_eq!(
+        c.on_heartbeat(&job, &lease, b, 20),
+        Err(coordinator::Refusal::UnknownLease)
+    );
     assert!(c.tick(40).is_empty(), "renewed lease expired early");
     assert_eq!(c.tick(20 + LEASE_SECS).len(), 1);
 }

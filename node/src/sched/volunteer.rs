@@ -26,9 +26,16 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// Not claimed (yet): no match, no free slot, or denied earlier; tried again at `retry_at`.
-    Waiting { retry_at: u64, why: Option<String> },
-    Claiming { since: u64 },
-    Running { lease: LeaseId },
+    Waiting {
+        retry_at: u64,
+        why: Option<String>,
+    },
+    Claiming {
+        since: u64,
+    },
+    Running {
+        lease: LeaseId,
+    },
     Done,
 }
 
@@ -50,12 +57,20 @@ pub struct Volunteer {
 
 impl Volunteer {
     pub fn new(me: NodeId, caps: Capabilities, trust: Trust) -> Self {
-        Self { me, caps, trust, jobs: BTreeMap::new() }
+        Self {
+            me,
+            caps,
+            trust,
+            jobs: BTreeMap::new(),
+        }
     }
 
     /// Jobs claimed or running: they hold slots.
     pub fn busy(&self) -> u32 {
-        self.jobs.values().filter(|k| matches!(k.state, State::Claiming { .. } | State::Running { .. })).count() as u32
+        self.jobs
+            .values()
+            .filter(|k| matches!(k.state, State::Claiming { .. } | State::Running { .. }))
+            .count() as u32
     }
 
     /// Free job slots.
@@ -70,7 +85,14 @@ impl Volunteer {
 
     /// A verified job announcement (repeats are harmless).
     pub fn on_job(&mut self, id: JobId, job: Job, submitter: SubmitterId, now: u64) -> Vec<Action> {
-        self.jobs.entry(id).or_insert(Known { job, submitter, state: State::Waiting { retry_at: now, why: None } });
+        self.jobs.entry(id).or_insert(Known {
+            job,
+            submitter,
+            state: State::Waiting {
+                retry_at: now,
+                why: None,
+            },
+        });
         self.poll(now)
     }
 
@@ -84,12 +106,23 @@ impl Volunteer {
             match decision {
                 GrantDecision::Granted { lease, .. } => {
                     k.state = State::Running { lease: *lease };
-                    out.push(Action::Start { job: *id, lease: *lease });
+                    out.push(Action::Start {
+                        job: *id,
+                        lease: *lease,
+                    });
                 }
                 GrantDecision::Denied { reason } => {
-                    k.state = State::Waiting { retry_at: now + RETRY_SECS, why: Some(reason.clone()) };
+                    k.state = State::Waiting {
+                        retry_at: now + RETRY_SECS,
+                        why: Some(reason.clone()),
+                    };
                 }
-                _ => k.state = State::Waiting { retry_at: now + RETRY_SECS, why: None },
+                _ => {
+                    k.state = State::Waiting {
+                        retry_at: now + RETRY_SECS,
+                        why: None,
+                    }
+                }
             }
         }
         out.extend(self.poll(now));
@@ -101,7 +134,10 @@ impl Volunteer {
         if let Some(k) = self.jobs.get_mut(id)
             && matches!(k.state, State::Claiming { .. })
         {
-            k.state = State::Waiting { retry_at: now + RETRY_SECS, why: Some(why) };
+            k.state = State::Waiting {
+                retry_at: now + RETRY_SECS,
+                why: Some(why),
+            };
         }
         self.poll(now)
     }
@@ -122,19 +158,30 @@ impl Volunteer {
             if let State::Claiming { since } = k.state
                 && now >= since + CLAIM_TIMEOUT_SECS
             {
-                k.state = State::Waiting { retry_at: now + RETRY_SECS, why: Some("claim timed out".into()) };
+                k.state = State::Waiting {
+                    retry_at: now + RETRY_SECS,
+                    why: Some("claim timed out".into()),
+                };
             }
         }
         let mut free = self.free_slots();
         // Oldest jobs first.
-        let mut order: Vec<(u64, JobId)> = self.jobs.iter().map(|(id, k)| (k.job.created, *id)).collect();
+        let mut order: Vec<(u64, JobId)> = self
+            .jobs
+            .iter()
+            .map(|(id, k)| (k.job.created, *id))
+            .collect();
         order.sort();
         for (_, id) in order {
             if free == 0 {
                 break;
             }
-            let Some(k) = self.jobs.get_mut(&id) else { continue };
-            let State::Waiting { retry_at, .. } = k.state else { continue };
+            let Some(k) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let State::Waiting { retry_at, .. } = k.state else {
+                continue;
+            };
             if retry_at > now {
                 continue;
             }
@@ -142,10 +189,18 @@ impl Volunteer {
                 Ok(()) => {
                     k.state = State::Claiming { since: now };
                     free -= 1;
-                    out.push(Action::Claim { job: id, coordinator: k.job.coordinator });
+                    out.push(Action::Claim {
+                        job: id,
+                        coordinator: k.job.coordinator,
+                    });
                 }
                 Err(Mismatch::Expired) => k.state = State::Done,
-                Err(m) => k.state = State::Waiting { retry_at: now + RETRY_SECS, why: Some(m.to_string()) },
+                Err(m) => {
+                    k.state = State::Waiting {
+                        retry_at: now + RETRY_SECS,
+                        why: Some(m.to_string()),
+                    }
+                }
             }
         }
         out

@@ -1,0 +1,441 @@
+//! The local API server: axum over HTTP/1 on a loopback listener the daemon binds.
+//!
+//! It owns the routes, the checks every request passes and the translation of the actor's
+//! answers into JSON; it holds no state of its own beyond a [`NodeHandle`] and the token.
+//!
+//! ```text
+//! request ─▶ loopback peer? (403) ─▶ body ≤ 1 MiB (413)
+//!              ├─ GET /                 ?token=… checked, page with the token embedded
+//!              └─ /api/*, /metrics      Authorization: Bearer <token> (401) ─▶ handler ─▶ actor
+//! ```
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api/status` | [`StatusView`] |
+//! | `GET /api/nodes` | `[NodeView]` |
+//! | `GET /api/jobs` | `[JobView]` |
+//! | `GET /api/jobs/{id}` | [`JobDetail`]; 404 for an unknown or ambiguous id |
+//! | `POST /api/submit` | [`SubmitRequest`] → [`SubmitResponse`]; 400 if the node refuses it |
+//! | `POST /api/fetch` | [`FetchRequest`] → [`FetchResponse`]; 502 if no peer delivered it |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /` | the web page (`page.html`) |
+//!
+//! Every error is an [`ApiError`] JSON body; 503 means the node is shutting down.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use barn_protocol::{ContentHash, NodeId};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::types::{
+    ApiError, FetchRequest, FetchResponse, JobDetail, JobView, NodeView, StatusView, SubmitRequest,
+    SubmitResponse,
+};
+use crate::daemon::handle::{Gone, NodeHandle};
+
+/// The largest request body accepted (a hex job envelope is far smaller).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The web page; `__BARN_TOKEN__` is replaced with the token as a JSON string.
+const PAGE: &str = include_str!("page.html");
+const TOKEN_SLOT: &str = "\"__BARN_TOKEN__\"";
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+struct AppState {
+    handle: NodeHandle,
+    token: Arc<str>,
+}
+
+/// Serves the API on `listener` until `shutdown` fires, then finishes the requests in
+/// flight and returns.
+pub async fn serve(
+    handle: NodeHandle,
+    listener: tokio::net::TcpListener,
+    token: String,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr()
+        && !addr.ip().to_canonical().is_loopback()
+    {
+        tracing::warn!(%addr, "the local API listens beyond loopback; only loopback peers are served");
+    }
+    let app = router(AppState {
+        handle,
+        token: token.into(),
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+}
+
+fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/api/status", get(status))
+        .route("/api/nodes", get(nodes))
+        .route("/api/jobs", get(jobs))
+        .route("/api/jobs/{id}", get(job))
+        .route("/api/submit", post(submit))
+        .route("/api/fetch", post(fetch))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(page))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(loopback_only))
+        .with_state(state)
+}
+
+/// An error answer: a status and the message of an [`ApiError`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Gone> for Failure {
+    fn from(e: Gone) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for Failure {
+    // Keeps the rejection's status (400, 413, 415, 422) but answers in JSON.
+    fn from(e: JsonRejection) -> Self {
+        let message = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("request body is over the limit of {MAX_BODY} bytes")
+            }
+            _ => e.body_text(),
+        };
+        Self::new(e.status(), message)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, Failure>;
+
+/// Refuses peers that are not on this machine, whatever address the listener has.
+async fn loopback_only(req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match peer {
+        Some(p) if p.ip().to_canonical().is_loopback() => next.run(req).await,
+        _ => Failure::new(
+            StatusCode::FORBIDDEN,
+            "the barn API answers only on loopback",
+        )
+        .into_response(),
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|t| token_matches(&state.token, t)) {
+        return next.run(req).await;
+    }
+    let mut resp = Failure::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API token: send `Authorization: Bearer <token>` with the token \
+         from the node's data dir (api.token)",
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+fn token_matches(expected: &str, given: &str) -> bool {
+    // Lengths may differ in time; the token's length is no secret.
+    bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
+}
+
+async fn not_found() -> Failure {
+    Failure::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn status(State(s): State<AppState>) -> ApiResult<StatusView> {
+    Ok(Json(s.handle.status().await?))
+}
+
+async fn nodes(State(s): State<AppState>) -> ApiResult<Vec<NodeView>> {
+    Ok(Json(s.handle.nodes().await?))
+}
+
+async fn jobs(State(s): State<AppState>) -> ApiResult<Vec<JobView>> {
+    Ok(Json(s.handle.jobs().await?))
+}
+
+async fn job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<JobDetail> {
+    s.handle
+        .job(id)
+        .await?
+        .map(Json)
+        .map_err(|e| Failure::new(StatusCode::NOT_FOUND, e))
+}
+
+async fn submit(
+    State(s): State<AppState>,
+    body: Result<Json<SubmitRequest>, JsonRejection>,
+) -> ApiResult<SubmitResponse> {
+    let Json(req) = body?;
+    let envelope = hex::decode(req.envelope.trim()).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("the envelope is not hex: {e}"),
+        )
+    })?;
+    s.handle
+        .submit(envelope)
+        .await?
+        .map(|id| Json(SubmitResponse { id }))
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))
+}
+
+async fn fetch(
+    State(s): State<AppState>,
+    body: Result<Json<FetchRequest>, JsonRejection>,
+) -> ApiResult<FetchResponse> {
+    let Json(req) = body?;
+    let hash: ContentHash = req.hash.parse().map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a content hash: {e}", req.hash),
+        )
+    })?;
+    if let Some(node) = &req.node {
+        node.parse::<NodeId>().map_err(|e| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                format!("{node:?} is not a node id: {e}"),
+            )
+        })?;
+    }
+    // The actor's error means no peer delivered the blob: an upstream failure.
+    s.handle
+        .fetch(hash, req.node)
+        .await?
+        .map(Json)
+        .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    token: Option<String>,
+}
+
+/// The web page. It needs the token in its address (`/?token=…`, as `barn node` prints
+/// it) and embeds it for its own requests; the token is embedded only once it matched, so
+/// nothing a visitor types reaches the page.
+async fn page(State(s): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The token is in the address: do not send it anywhere else, do not be framed, load
+    // nothing from outside.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    let Some(token) = q.token.filter(|t| token_matches(&s.token, t)) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            headers,
+            Html(
+                "<!doctype html><meta charset=utf-8><title>barn</title>\
+                 <p>Open this page with <code>?token=…</code> as <code>barn node</code> \
+                 prints it; the token is in the node's data dir, <code>api.token</code>.</p>",
+            ),
+        )
+            .into_response();
+    };
+    (headers, Html(render_page(&token))).into_response()
+}
+
+fn render_page(token: &str) -> String {
+    // A JSON string inside a <script>: escape `<` so it can never close the element.
+    let literal = serde_json::Value::from(token)
+        .to_string()
+        .replace('<', "\\u003c");
+    PAGE.replace(TOKEN_SLOT, &literal)
+}
+
+/// `GET /metrics`: gauges built from the status, node and job views.
+async fn metrics(State(s): State<AppState>) -> Result<Response, Failure> {
+    let status = s.handle.status().await?;
+    let nodes = s.handle.nodes().await?;
+    let jobs = s.handle.jobs().await?;
+    let text = render_metrics(&status, &nodes, &jobs);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The job states a [`JobView`] can have; each gets a series, zero or not.
+const JOB_STATES: [&str; 5] = ["open", "running", "complete", "expired", "seen"];
+
+fn render_metrics(status: &StatusView, nodes: &[NodeView], jobs: &[JobView]) -> String {
+    let mut m = Metrics::default();
+    m.family("barn_info", "This node: its peer id and version.");
+    m.sample(
+        "barn_info",
+        &[("node", &status.node), ("version", &status.version)],
+        1,
+    );
+    m.gauge("barn_peers", "Connected peers.", status.peers as u64);
+    m.gauge(
+        "barn_slots",
+        "VM slots this node offers.",
+        status.slots.into(),
+    );
+    m.gauge(
+        "barn_free_slots",
+        "VM slots free on this node.",
+        status.free_slots.into(),
+    );
+    m.gauge(
+        "barn_known_nodes",
+        "Nodes known from their adverts, this one included.",
+        nodes.len() as u64,
+    );
+    m.family("barn_jobs", "Jobs this node knows, by state.");
+    for state in JOB_STATES {
+        let n = jobs.iter().filter(|j| j.state == state).count();
+        m.sample("barn_jobs", &[("state", state)], n as u64);
+    }
+    for other in jobs
+        .iter()
+        .map(|j| j.state.as_str())
+        .filter(|s| !JOB_STATES.contains(s))
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let n = jobs.iter().filter(|j| j.state == other).count();
+        m.sample("barn_jobs", &[("state", other)], n as u64);
+    }
+    m.gauge(
+        "barn_jobs_coordinated",
+        "Jobs this node coordinates.",
+        jobs.iter().filter(|j| j.mine).count() as u64,
+    );
+    m.gauge(
+        "barn_results_total",
+        "Signed results held for the jobs this node knows.",
+        jobs.iter().map(|j| j.results as u64).sum(),
+    );
+    m.gauge(
+        "barn_results_succeeded_total",
+        "Succeeded results held for the jobs this node knows.",
+        jobs.iter().map(|j| j.succeeded as u64).sum(),
+    );
+    m.family(
+        "barn_node_agreements",
+        "Replicas on which a node agreed with the majority.",
+    );
+    for n in nodes {
+        m.sample("barn_node_agreements", &[("node", &n.node)], n.agreements);
+    }
+    m.family(
+        "barn_node_disagreements",
+        "Replicas on which a node disagreed with the majority.",
+    );
+    for n in nodes {
+        m.sample(
+            "barn_node_disagreements",
+            &[("node", &n.node)],
+            n.disagreements,
+        );
+    }
+    m.out
+}
+
+/// A Prometheus text-format writer (gauges only).
+#[derive(Debug, Default)]
+struct Metrics {
+    out: String,
+}
+
+impl Metrics {
+    fn family(&mut self, name: &str, help: &str) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            let body: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = write!(self.out, "{{{}}}", body.join(","));
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

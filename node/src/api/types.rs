@@ -1,0 +1,141 @@
+//! The local API's data: what the daemon reports and the CLI prints. JSON on the wire
+//! (`serde_json`), the same structs on both sides.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// This node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Peer id.
+    pub node: String,
+    pub version: String,
+    pub listen: Vec<String>,
+    pub peers: usize,
+    pub slots: u32,
+    pub free_slots: u32,
+    pub accel: String,
+    /// name → `b3:` hash.
+    pub images: BTreeMap<String, String>,
+}
+
+/// A node known from its adverts (or this node itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node: String,
+    pub is_self: bool,
+    pub connected: bool,
+    pub version: String,
+    /// e.g. `x86_64 (tcg)`.
+    pub archs: Vec<String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub free_slots: u32,
+    pub total_slots: u32,
+    pub images: BTreeMap<String, String>,
+    pub addrs: Vec<String>,
+    /// Unix seconds of the last advert.
+    pub last_seen: u64,
+    pub agreements: u64,
+    pub disagreements: u64,
+}
+
+/// One job, in a list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    /// `b3:` job id.
+    pub id: String,
+    pub image: String,
+    pub arch: String,
+    pub replicas: u8,
+    /// `open` (wants replicas), `running` (every replica leased), `complete` (every replica
+    /// has a result), `expired`, or `seen` (announced by another coordinator).
+    pub state: String,
+    /// Results received: all, and succeeded.
+    pub results: usize,
+    pub succeeded: usize,
+    pub created: u64,
+    /// This node coordinates the job.
+    pub mine: bool,
+    /// The submitter's project key.
+    pub submitter: String,
+}
+
+/// A lease, as its coordinator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub node: String,
+    /// `active`, `done`, `expired` or `failed`.
+    pub state: String,
+    pub granted: u64,
+    pub expires: u64,
+}
+
+/// One node's signed result, with the fields people look at and the envelope itself so
+/// that a verifier checks the signature without trusting the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultView {
+    pub node: String,
+    /// `succeeded`, `failed`, `timed_out`, `error`.
+    pub status: String,
+    /// Failure detail: the task and exit code, or the infrastructure error.
+    pub detail: Option<String>,
+    pub manifest_root: String,
+    pub log_hash: String,
+    pub log_size: u64,
+    pub total_ms: u64,
+    pub boot_ms: u64,
+    pub run_ms: u64,
+    pub accel: String,
+    pub image_hash: String,
+    /// The signed `build-result` envelope, hex.
+    pub envelope: String,
+    pub received: u64,
+}
+
+/// Everything about one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub job: JobView,
+    /// The signed `job` envelope, hex.
+    pub envelope: String,
+    pub leases: Vec<LeaseView>,
+    pub results: Vec<ResultView>,
+}
+
+/// `POST /api/submit` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The signed `job` envelope, hex. Its source blob must already be in this node's store.
+    pub envelope: String,
+}
+
+/// `POST /api/submit` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    pub id: String,
+}
+
+/// `POST /api/fetch` body: fetch a blob into this node's store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// `b3:` hash.
+    pub hash: String,
+    /// Peer id to fetch from; `None`: any node that has it (this node first).
+    pub node: Option<String>,
+}
+
+/// `POST /api/fetch` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchResponse {
+    /// Where the verified blob is, in this node's store.
+    pub path: String,
+    pub size: u64,
+}
+
+/// An error answer (any non-2xx status).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

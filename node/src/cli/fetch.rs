@@ -1,0 +1,551 @@
+//! `barn log JOB --node N` and `barn fetch JOB`: one replica's log or artifacts, pulled
+//! through the running node's store.
+//!
+//! Nothing the daemon says is taken on trust here: the replica's signed `build-result`
+//! envelope is verified (signature, signer = the node, job, manifest root), and every
+//! byte written comes from that signed manifest and is checked against its hash. The
+//! manifest is treated as hostile when written out: paths are re-normalized, the output
+//! folder must be new or empty, nothing is written through a link, links are made last
+//! and may not point outside.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use barn_protocol::jobfile::show_size;
+use barn_protocol::manifest::{self, Entry, EntryKind};
+use barn_protocol::message::BuildResult;
+use barn_protocol::{ContentHash, NodeId, Signed};
+use clap::Args;
+use serde::Serialize;
+
+use super::view::{short_hash, short_job, short_node};
+use crate::api::client::ApiClient;
+use crate::api::types::{JobDetail, ResultView};
+use crate::dirs::Dirs;
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The job: a full `b3:` id or a unique hex prefix.
+    job: String,
+    /// The node whose log to print: a peer id, or a unique prefix or suffix of one (as
+    /// tables show it).
+    #[arg(long, short)]
+    node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The job: a full `b3:` id or a unique hex prefix.
+    job: String,
+    /// The node whose artifacts to fetch (default: the first succeeded result).
+    #[arg(long, short)]
+    node: Option<String>,
+    /// Where to write them; must be new or empty (default: ./barn-fetch-<job>).
+    #[arg(long, short, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_log(args: LogArgs, dirs: &Dirs) -> Result<ExitCode> {
+    let client = ApiClient::from_data_dir(&dirs.data)?;
+    let detail = client.job(&args.job)?;
+    let view = pick_result(&detail, &args.node)?;
+    let result = verified_result(&detail, view)?;
+    let blob = client.fetch(&result.log_hash.to_string(), Some(&view.node))?;
+    let path = Path::new(&blob.path);
+    let (hash, _) = ContentHash::of_reader(open(path)?)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    if hash != result.log_hash {
+        bail!(
+            "the log in {} does not match the signed log hash {}",
+            path.display(),
+            result.log_hash
+        );
+    }
+    let mut stdout = io::stdout().lock();
+    match io::copy(&mut open(path)?, &mut stdout).and_then(|_| stdout.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // `barn log … | head` is fine.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e).context("failed to write the log"),
+    }
+}
+
+/// One entry written by `barn fetch`, for `--json`.
+#[derive(Debug, Serialize)]
+struct Written {
+    path: String,
+    kind: EntryKind,
+    size: u64,
+    executable: bool,
+    hash: Option<String>,
+    target: Option<String>,
+}
+
+pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
+    let client = ApiClient::from_data_dir(&dirs.data)?;
+    let detail = client.job(&args.job)?;
+    let view = match &args.node {
+        Some(n) => pick_result(&detail, n)?,
+        None => first_succeeded(&detail)?,
+    };
+    let result = verified_result(&detail, view)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("barn-fetch-{}", short_job(&detail.job.id))));
+    let plan = Plan::new(&result.manifest.entries)?;
+    prepare_out(&out)?;
+    if !args.json {
+        println!(
+            "job {} from node {} ({}), manifest {}",
+            short_job(&detail.job.id),
+            short_node(&view.node),
+            view.status,
+            short_hash(&result.manifest_root.to_string())
+        );
+    }
+
+    let mut written = Vec::new();
+    for e in &plan.dirs {
+        fs::create_dir_all(out.join(&e.path))
+            .with_context(|| format!("failed to create {}", out.join(&e.path).display()))?;
+        written.push(describe(e));
+    }
+    let mut bytes = 0u64;
+    for e in &plan.files {
+        let hash = e
+            .hash
+            .with_context(|| format!("manifest entry {} is a file without a hash", e.path))?;
+        let blob = client
+            .fetch(&hash.to_string(), Some(&view.node))
+            .with_context(|| format!("failed to fetch {}", e.path))?;
+        copy_verified(Path::new(&blob.path), &out, e, hash)?;
+        bytes += e.size;
+        if !args.json {
+            println!("  {:<40} {:>9}  {}", e.path, show_size(e.size), hash.short());
+        }
+        written.push(describe(e));
+    }
+    for e in &plan.links {
+        make_link(&out, e)?;
+        if !args.json {
+            println!(
+                "  {:<40} -> {}",
+                e.path,
+                e.target.as_deref().unwrap_or_default()
+            );
+        }
+        written.push(describe(e));
+    }
+
+    if args.json {
+        let doc = serde_json::json!({
+            "job": detail.job.id,
+            "node": view.node,
+            "status": view.status,
+            "manifest_root": result.manifest_root.to_string(),
+            "out": out,
+            "entries": written,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!(
+            "{} file{} ({}), {} dir{}, {} link{} in {}",
+            plan.files.len(),
+            plural(plan.files.len()),
+            show_size(bytes),
+            plan.dirs.len(),
+            plural(plan.dirs.len()),
+            plan.links.len(),
+            plural(plan.links.len()),
+            out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn describe(e: &Entry) -> Written {
+    Written {
+        path: e.path.clone(),
+        kind: e.kind,
+        size: e.size,
+        executable: e.executable,
+        hash: e.hash.map(|h| h.to_string()),
+        target: e.target.clone(),
+    }
+}
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).with_context(|| format!("failed to open {}", path.display()))
+}
+
+/// The result of node `wanted` (a peer id, or a unique prefix or suffix of one).
+fn pick_result<'a>(detail: &'a JobDetail, wanted: &str) -> Result<&'a ResultView> {
+    let wanted = wanted.trim();
+    if let Some(r) = detail.results.iter().find(|r| r.node == wanted) {
+        return Ok(r);
+    }
+    let matches: Vec<&ResultView> = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        detail
+            .results
+            .iter()
+            .filter(|r| r.node.starts_with(wanted) || r.node.ends_with(wanted))
+            .collect()
+    };
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => bail!(
+            "node {wanted:?} has no result for job {}; {}",
+            short_job(&detail.job.id),
+            nodes_with_results(detail)
+        ),
+        _ => bail!(
+            "node {wanted:?} matches several nodes; {}",
+            nodes_with_results(detail)
+        ),
+    }
+}
+
+fn first_succeeded(detail: &JobDetail) -> Result<&ResultView> {
+    detail
+        .results
+        .iter()
+        .find(|r| r.status == "succeeded")
+        .with_context(|| {
+            format!(
+                "job {} has no succeeded result; pick one with --node ({})",
+                short_job(&detail.job.id),
+                nodes_with_results(detail)
+            )
+        })
+}
+
+fn nodes_with_results(detail: &JobDetail) -> String {
+    if detail.results.is_empty() {
+        return "no node has sent a result yet".into();
+    }
+    let list: Vec<String> = detail
+        .results
+        .iter()
+        .map(|r| format!("{} ({}, {})", short_node(&r.node), r.status, r.node))
+        .collect();
+    format!("nodes with results: {}", list.join(", "))
+}
+
+/// Decodes and verifies a replica's signed result: signature, signer, job and root.
+fn verified_result(detail: &JobDetail, view: &ResultView) -> Result<BuildResult> {
+    let who = short_node(&view.node);
+    let bytes = hex::decode(&view.envelope)
+        .with_context(|| format!("node {who}'s result envelope is not hex"))?;
+    let signed = Signed::<BuildResult>::from_bytes(&bytes)
+        .with_context(|| format!("node {who}'s result does not verify; refusing it"))?;
+    let node: NodeId = view
+        .node
+        .parse()
+        .with_context(|| format!("{:?} is not a node id", view.node))?;
+    let result = signed.message();
+    if NodeId(signed.signer()) != node || result.node != node {
+        bail!(
+            "the result shown for node {who} was signed by {} for {}; refusing it",
+            NodeId(signed.signer()),
+            result.node
+        );
+    }
+    if result.job.to_string() != detail.job.id {
+        bail!("node {who}'s signed result is for job {}, not this one", result.job);
+    }
+    if result.manifest.root() != result.manifest_root {
+        bail!("node {who}'s signed manifest does not hash to its manifest root");
+    }
+    Ok(result.clone())
+}
+
+/// A manifest's entries, checked and put in the order they are written.
+#[derive(Debug)]
+struct Plan<'a> {
+    dirs: Vec<&'a Entry>,
+    files: Vec<&'a Entry>,
+    links: Vec<&'a Entry>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(entries: &'a [Entry]) -> Result<Self> {
+        let links: BTreeSet<&str> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Symlink)
+            .map(|e| e.path.as_str())
+            .collect();
+        let mut plan = Plan {
+            dirs: Vec::new(),
+            files: Vec::new(),
+            links: Vec::new(),
+        };
+        let mut seen = BTreeSet::new();
+        for e in entries {
+            let clean = manifest::normalize(&e.path)?;
+            if clean.is_empty() || clean != e.path {
+                bail!("unsafe path {:?} in the manifest", e.path);
+            }
+            if !seen.insert(e.path.as_str()) {
+                bail!("{:?} appears twice in the manifest", e.path);
+            }
+            // Nothing may be written below a link: that is how a chain of links escapes.
+            let mut prefix = String::new();
+            for part in e.path.split('/') {
+                if !prefix.is_empty() && links.contains(prefix.as_str()) {
+                    bail!("{:?} in the manifest lies below the link {prefix:?}", e.path);
+                }
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(part);
+            }
+            match e.kind {
+                EntryKind::Dir => plan.dirs.push(e),
+                EntryKind::File => plan.files.push(e),
+                EntryKind::Symlink => {
+                    link_stays_inside(&e.path, e.target.as_deref().unwrap_or_default())?;
+                    plan.links.push(e);
+                }
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// A link's target, read from the link's folder, must stay inside the output.
+fn link_stays_inside(path: &str, target: &str) -> Result<()> {
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        bail!("link {path:?} points outside the output ({target:?})");
+    }
+    let mut depth = path.split('/').count() as i64 - 1;
+    for comp in target.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    bail!("link {path:?} points outside the output ({target:?})");
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Makes `out` if needed; refuses one that already holds something.
+fn prepare_out(out: &Path) -> Result<()> {
+    if let Ok(meta) = fs::symlink_metadata(out) {
+        if !meta.is_dir() {
+            bail!("{} exists and is not a folder", out.display());
+        }
+        let mut items =
+            fs::read_dir(out).with_context(|| format!("failed to read {}", out.display()))?;
+        if items.next().is_some() {
+            bail!(
+                "{} is not empty; pick a new folder with --out",
+                out.display()
+            );
+        }
+    }
+    fs::create_dir_all(out).with_context(|| format!("failed to create {}", out.display()))
+}
+
+/// Copies a blob to `out/<entry.path>`, hashing as it goes; removes the copy on a mismatch.
+fn copy_verified(src: &Path, out: &Path, e: &Entry, want: ContentHash) -> Result<()> {
+    let dest = out.join(&e.path);
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("failed to create {}", parent.display()))?;
+    }
+    let mut opts = fs::OpenOptions::new();
+    // create_new: never follows or replaces something already there.
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if e.executable { 0o755 } else { 0o644 });
+    }
+    let mut reader = open(src)?;
+    let mut writer = opts
+        .open(&dest)
+        .with_context(|| format!("failed to create {}", dest.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err).with_context(|| format!("failed to read {}", src.display())),
+        };
+        hasher.update(&buf[..n]);
+        writer
+            .write_all(&buf[..n])
+            .with_context(|| format!("failed to write {}", dest.display()))?;
+        size += n as u64;
+    }
+    writer
+        .sync_all()
+        .with_context(|| format!("failed to write {}", dest.display()))?;
+    let got = ContentHash::from(hasher.finalize());
+    if got != want || size != e.size {
+        let _ = fs::remove_file(&dest);
+        bail!(
+            "{} does not match the signed manifest (got {got}, {size} bytes; want {want}, {} bytes)",
+            e.path,
+            e.size
+        );
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn make_link(out: &Path, e: &Entry) -> Result<()> {
+    let dest = out.join(&e.path);
+    let target = e.target.as_deref().unwrap_or_default();
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("failed to create {}", parent.display()))?;
+    }
+    std::os::unix::fs::symlink(target, &dest)
+        .with_context(|| format!("failed to create the link {}", dest.display()))
+}
+
+#[cfg(not(unix))]
+fn make_link(_out: &Path, e: &Entry) -> Result<()> {
+    bail!("{} is a symbolic link, which this platform's barn does not make", e.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::types::JobView;
+
+    fn entry(path: &str, kind: EntryKind, target: Option<&str>) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            executable: false,
+            size: 0,
+            hash: None,
+            target: target.map(str::to_string),
+        }
+    }
+
+    fn detail(nodes: &[(&str, &str)]) -> JobDetail {
+        JobDetail {
+            job: JobView {
+                id: format!("b3:{}", "ab".repeat(32)),
+                image: "tiny".into(),
+                arch: "x86_64".into(),
+                replicas: 3,
+                state: "complete".into(),
+                results: nodes.len(),
+                succeeded: 0,
+                created: 0,
+                mine: true,
+                submitter: String::new(),
+            },
+            envelope: String::new(),
+            leases: vec![],
+            results: nodes
+                .iter()
+                .map(|(node, status)| ResultView {
+                    node: node.to_string(),
+                    status: status.to_string(),
+                    detail: None,
+                    manifest_root: String::new(),
+                    log_hash: String::new(),
+                    log_size: 0,
+                    total_ms: 0,
+                    boot_ms: 0,
+                    run_ms: 0,
+                    accel: String::new(),
+                    image_hash: String::new(),
+                    envelope: String::new(),
+                    received: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn nodes_resolve_by_full_id_prefix_or_suffix() {
+        let d = detail(&[("12D3KooWaaaa1111", "failed"), ("12D3KooWbbbb2222", "succeeded")]);
+        assert_eq!(pick_result(&d, "12D3KooWaaaa1111").unwrap().node, "12D3KooWaaaa1111");
+        assert_eq!(pick_result(&d, "bbbb2222").unwrap().node, "12D3KooWbbbb2222");
+        assert_eq!(pick_result(&d, "12D3KooWa").unwrap().node, "12D3KooWaaaa1111");
+        let ambiguous = pick_result(&d, "12D3KooW").unwrap_err().to_string();
+        assert!(ambiguous.contains("several") && ambiguous.contains("aaaa1111"), "{ambiguous}");
+        let unknown = pick_result(&d, "zzzz").unwrap_err().to_string();
+        assert!(unknown.contains("12D3KooWbbbb2222"), "{unknown}");
+        assert_eq!(first_succeeded(&d).unwrap().node, "12D3KooWbbbb2222");
+    }
+
+    #[test]
+    fn plans_refuse_escapes() {
+        let ok = [
+            entry("out", EntryKind::Dir, None),
+            entry("out/link", EntryKind::Symlink, Some("../out")),
+        ];
+        let plan = Plan::new(&ok).unwrap();
+        assert_eq!((plan.dirs.len(), plan.links.len()), (1, 1));
+
+        let up = [entry("a", EntryKind::Symlink, Some("../x"))];
+        assert!(Plan::new(&up).is_err());
+        let abs = [entry("a", EntryKind::Symlink, Some("/etc"))];
+        assert!(Plan::new(&abs).is_err());
+        let dotdot = [entry("a/../../b", EntryKind::Dir, None)];
+        assert!(Plan::new(&dotdot).is_err());
+        // `b/up -> ..` is inside, but `b/up/x` would be written through it.
+        let through = [
+            entry("b/up", EntryKind::Symlink, Some("..")),
+            entry("b/up/x", EntryKind::Dir, None),
+        ];
+        assert!(Plan::new(&through).is_err());
+        let unclean = [entry("./a", EntryKind::Dir, None)];
+        assert!(Plan::new(&unclean).is_err());
+    }
+
+    #[test]
+    fn copies_are_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("blob");
+        fs::write(&src, b"hello").unwrap();
+        let out = dir.path().join("out");
+        prepare_out(&out).unwrap();
+        let mut e = entry("bin/tool", EntryKind::File, None);
+        e.size = 5;
+        e.executable = true;
+        copy_verified(&src, &out, &e, ContentHash::of(b"hello")).unwrap();
+        assert_eq!(fs::read(out.join("bin/tool")).unwrap(), b"hello");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(out.join("bin/tool")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o111, 0o111);
+        }
+        let e2 = Entry { path: "other".into(), ..e };
+        let err = copy_verified(&src, &out, &e2, ContentHash::of(b"bye")).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        assert!(!out.join("other").exists());
+        // Not empty any more.
+        assert!(prepare_out(&out).is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! `barn submit [DIR]`: pack the tree into the local node's blob store, sign the job with
+//! the project key, hand it to the local node to coordinate, optionally wait for results.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use barn_protocol::jobfile::{self, parse_duration};
+use barn_protocol::message::{BuildResult, Job, random_bytes};
+use barn_protocol::{NodeId, SecretKey, Signed};
+use clap::Args;
+
+use super::exit;
+use crate::api::client::ApiClient;
+use crate::api::types::JobDetail;
+use crate::dirs::Dirs;
+use crate::runner::ImageStore;
+use crate::store::blobs::{BlobStore, BlobWriter};
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The source tree holding `barn.toml` (default: the current directory).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Replicas wanted (overrides the job file).
+    #[arg(long)]
+    replicas: Option<u8>,
+    /// Wait until every replica has a result and print them.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "30m", value_name = "DURATION")]
+    wait_timeout: String,
+    /// How long volunteers may take to pick the job up.
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    expires: String,
+    /// Sign with this key file instead of the project key.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Submits the job in `dir` through the node whose data dir is `dirs.data`; returns job ids.
+pub fn submit(
+    dirs: &Dirs,
+    dir: &Path,
+    key: &SecretKey,
+    replicas: Option<u8>,
+    expires_secs: u64,
+) -> Result<Vec<String>> {
+    let file = super::job::job_file_path(dir.to_path_buf());
+    let root = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        file.parent()
+            .context("job file has no folder")?
+            .to_path_buf()
+    };
+    let specs = jobfile::load(&file)?;
+    let api = ApiClient::from_data_dir(&dirs.data)?;
+    let status = api.status()?;
+    let coordinator: NodeId = status
+        .node
+        .parse()
+        .with_context(|| format!("the node reports a bad id {:?}", status.node))?;
+    let images = ImageStore::new(&dirs.data);
+    let blobs = BlobStore::open(dirs.data.join("blobs"))?;
+    let mut writer = BlobWriter::new(&blobs)?;
+    let packed = barn_protocol::pack::pack_dir(&root, &mut writer)
+        .with_context(|| format!("failed to pack {}", root.display()))?;
+    writer.finish(Some(packed.hash))?;
+    let now = crate::daemon::now();
+    let mut ids = Vec::new();
+    for mut spec in specs {
+        if let Some(r) = replicas {
+            anyhow::ensure!(
+                (1..=jobfile::MAX_REPLICAS).contains(&r),
+                "--replicas must be between 1 and {}",
+                jobfile::MAX_REPLICAS
+            );
+            spec.replicas = r;
+        }
+        let image = images.resolve(&spec.image)?;
+        anyhow::ensure!(
+            image.arch == spec.arch,
+            "image {} is for {}, the job asks for {}",
+            image.name,
+            image.arch,
+            spec.arch
+        );
+        let job = Job {
+            spec,
+            image_hash: image.hash,
+            source: packed.hash,
+            source_size: packed.size,
+            coordinator,
+            coordinator_addrs: status
+                .listen
+                .iter()
+                .filter(|a| !a.contains("/0.0.0.0/"))
+                .cloned()
+                .collect(),
+            created: now,
+            expires: now + expires_secs,
+            nonce: serde_bytes::ByteArray::new(random_bytes()),
+        };
+        let signed = Signed::sign(job, key);
+        ids.push(api.submit(&signed.to_bytes())?);
+    }
+    Ok(ids)
+}
+
+/// Polls the job until `replicas` results that are not infrastructure errors are in.
+pub fn wait_for(api: &ApiClient, id: &str, timeout: Duration) -> Result<JobDetail> {
+    let start = Instant::now();
+    loop {
+        let d = api.job(id)?;
+        let settled = d.results.iter().filter(|r| r.status != "error").count();
+        if settled >= usize::from(d.job.replicas) {
+            return Ok(d);
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "gave up waiting after {}s: {} of {} results",
+                timeout.as_secs(),
+                settled,
+                d.job.replicas
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Prints each replica's verified result and whether they agree; returns the exit code.
+pub fn print_results(d: &JobDetail, json: bool) -> Result<u8> {
+    let mut rows = Vec::new();
+    for r in d.results.iter().filter(|r| r.status != "error") {
+        let bytes = hex::decode(&r.envelope).context("a result envelope is not hex")?;
+        let signed = Signed::<BuildResult>::from_bytes(&bytes)
+            .with_context(|| format!("the result from {} does not verify", r.node))?;
+        anyhow::ensure!(
+            NodeId(signed.signer()).to_string() == r.node,
+            "the result claimed for {} is signed by another key",
+            r.node
+        );
+        rows.push(signed);
+    }
+    let ok: Vec<_> = rows
+        .iter()
+        .filter(|s| s.message().status.word() == "succeeded")
+        .collect();
+    let roots: std::collections::BTreeSet<_> =
+        ok.iter().map(|s| s.message().manifest_root).collect();
+    let agree = ok.len() == rows.len() && roots.len() == 1 && rows.len() >= 2;
+    if json {
+        let v = serde_json::json!({"job": d.job.id, "results": d.results, "agree": agree});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("job {}", d.job.id);
+        for s in &rows {
+            let m = s.message();
+            println!(
+                "  node {}  {:<9} manifest {}  log {}  boot {} ms, run {} ms, total {} ms, {}  signature ok",
+                NodeId(s.signer()).short(),
+                m.status.word(),
+                m.manifest_root.short(),
+                m.log_hash.short(),
+                m.timings.boot_ms,
+                m.timings.run_ms,
+                m.timings.total_ms,
+                m.accel
+            );
+        }
+        if agree {
+            println!(
+                "agree: {} of {} results have manifest root {}",
+                ok.len(),
+                rows.len(),
+                roots
+                    .iter()
+                    .next()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
+            );
+        } else if ok.len() < rows.len() {
+            println!(
+                "failed: {} of {} replicas did not succeed",
+                rows.len() - ok.len(),
+                rows.len()
+            );
+        } else {
+            println!(
+                "disagree: {} different manifest roots among {} results",
+                roots.len(),
+                rows.len()
+            );
+        }
+    }
+    Ok(if ok.len() < rows.len() {
+        exit::BUILD_FAILED
+    } else if agree {
+        0
+    } else {
+        exit::DIFFERS
+    })
+}
+
+pub fn run(args: SubmitArgs, dirs: &Dirs) -> Result<ExitCode> {
+    let key_path = args.key.clone().unwrap_or_else(|| dirs.project_key());
+    if !key_path.exists() {
+        bail!(
+            "no project key at {}; make one with `barn key new`",
+            key_path.display()
+        );
+    }
+    let key = super::key::load(&key_path)?;
+    let expires = parse_duration(&args.expires)
+        .with_context(|| format!("--expires {:?} is not a duration", args.expires))?;
+    let wait = parse_duration(&args.wait_timeout)
+        .with_context(|| format!("--wait-timeout {:?} is not a duration", args.wait_timeout))?;
+    let ids = submit(dirs, &args.dir, &key, args.replicas, expires)?;
+    if !args.wait {
+        for id in &ids {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let api = ApiClient::from_data_dir(&dirs.data)?;
+    let mut code = 0;
+    for id in &ids {
+        if !args.json {
+            eprintln!("submitted {id}; waiting for results");
+        }
+        let d = wait_for(&api, id, Duration::from_secs(wait))?;
+        code = code.max(print_results(&d, args.json)?);
+    }
+    Ok(ExitCode::from(code))
+}

@@ -1,0 +1,934 @@
+//! The node's actor: the one task that owns the swarm, the database and both schedulers.
+//!
+//! Every loop turn handles one thing, in this order (`biased`): shutdown, a finished job
+//! task, an internal message from a job task, a command from the API, a swarm event, the
+//! one-second tick. Each becomes a call to a mostly synchronous handler; anything slow
+//! (VMs, blob transfers) runs in its own task and reports back through `internal`.
+//!
+//! ```text
+//!  gossip job ─▶ Volunteer::on_job ─▶ Claim ─rpc─▶ coordinator: Coordinator::on_claim
+//!                                                     │ Grant
+//!  Start ◀──────── Volunteer::on_grant ◀──────────────┘
+//!    └─▶ work task: fetch source+image ─▶ VM ─▶ signed result ─rpc─▶ coordinator
+//!             └─ phases ─▶ heartbeats ─rpc─▶ coordinator: Coordinator::on_heartbeat
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::Result;
+use barn_protocol::message::*;
+use barn_protocol::{ContentHash, NodeId, SecretKey, Signed, SubmitterId};
+use libp2p::futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::handle::Command;
+use super::work::{self, Internal, WorkOutcome};
+use super::{Options, now};
+use crate::config::Config;
+use crate::dirs::Dirs;
+use crate::net::behaviour::{Behaviour, BehaviourEvent};
+use crate::net::codec::{Request, Response};
+use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, topic};
+use crate::runner::{ImageStore, Runner};
+use crate::sched::coordinator::{self, Lease, LeaseState};
+use crate::sched::volunteer::Action;
+use crate::sched::{Capabilities, Coordinator, Trust, Volunteer};
+use crate::store::blobs::BlobStore;
+use crate::store::db::{self, Db, JobRecord, LeaseRecord, ResultRecord};
+
+/// What the actor is built from.
+pub struct Parts {
+    pub key: SecretKey,
+    pub cfg: Config,
+    pub opts: Options,
+    pub dirs: Dirs,
+    pub db: Db,
+    pub blobs: BlobStore,
+    pub images: ImageStore,
+    pub runner: Runner,
+    pub accel: Accel,
+    pub swarm: Swarm<Behaviour>,
+    pub control: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("node", &self.key.node_id())
+            .field("accel", &self.accel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An RPC we sent and await the answer to.
+#[derive(Debug)]
+enum Pending {
+    Claim(JobId),
+    Heartbeat,
+    Result(JobId),
+}
+
+/// A job this node runs as a volunteer.
+#[derive(Debug)]
+struct Running {
+    lease: LeaseId,
+    coordinator: PeerId,
+    phase: Phase,
+    log_bytes: u64,
+}
+
+/// The actor.
+pub struct Actor {
+    p: Parts,
+    me: NodeId,
+    volunteer: Volunteer,
+    coordinator: Coordinator,
+    pending: HashMap<OutboundRequestId, Pending>,
+    running: BTreeMap<JobId, Running>,
+    tasks: JoinSet<WorkOutcome>,
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: mpsc::Receiver<Internal>,
+    /// Signed results not yet acknowledged by their coordinator: (job, coordinator, bytes, retry at).
+    outbox: Vec<(JobId, PeerId, Vec<u8>, u64)>,
+    last_advert: u64,
+    last_announce: u64,
+    last_heartbeat: u64,
+}
+
+impl std::fmt::Debug for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actor")
+            .field("me", &self.me)
+            .field("running", &self.running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Actor {
+    pub fn new(p: Parts) -> Self {
+        let me = p.key.node_id();
+        let caps = Capabilities {
+            archs: vec!["x86_64".into()],
+            memory_bytes: p.cfg.max_memory_bytes,
+            slots: p.cfg.slots,
+            images: Default::default(),
+        };
+        let trust = Trust {
+            submitters: p.cfg.trusted.iter().copied().collect(),
+            accept_any: p.cfg.accept_any,
+        };
+        let (internal_tx, internal_rx) = mpsc::channel(256);
+        let mut actor = Self {
+            volunteer: Volunteer::new(me, caps, trust),
+            coordinator: Coordinator::new(),
+            me,
+            p,
+            pending: HashMap::new(),
+            running: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            internal_tx,
+            internal_rx,
+            outbox: Vec::new(),
+            last_advert: 0,
+            last_announce: 0,
+            last_heartbeat: 0,
+        };
+        actor.restore();
+        actor
+    }
+
+    /// Picks up the jobs this node coordinates, with their leases, after a restart.
+    fn restore(&mut self) {
+        let Ok(jobs) = self.p.db.list_jobs_in_state(db::JobState::Open) else {
+            return;
+        };
+        for rec in jobs.into_iter().filter(|j| j.coordinated) {
+            let Ok(signed) = Signed::<Job>::from_bytes(&rec.envelope) else {
+                continue;
+            };
+            let leases = self
+                .p
+                .db
+                .list_leases(&rec.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| Lease {
+                    id: l.id,
+                    node: l.node,
+                    granted: l.granted_at,
+                    expires: l.expires,
+                    state: match l.state {
+                        db::LeaseState::Active => LeaseState::Active,
+                        db::LeaseState::Completed => LeaseState::Done,
+                        db::LeaseState::Expired => LeaseState::Expired,
+                        _ => LeaseState::Failed,
+                    },
+                });
+            info!(job = %rec.id.short(), "resuming coordination");
+            self.coordinator
+                .add_job(rec.id, signed.message().clone(), leases.collect());
+        }
+    }
+
+    /// The loop.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(outcome) => self.on_work_done(outcome),
+                    Err(e) => warn!("a job task failed: {e}"),
+                },
+                Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+                event = self.p.swarm.select_next_some() => self.on_swarm(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        info!(
+            "shutting down: cancelling {} running job(s)",
+            self.running.len()
+        );
+        self.tasks.shutdown().await;
+        Ok(())
+    }
+
+    // ---- ticks ----
+
+    fn on_tick(&mut self) {
+        let now = now();
+        for (job, lease) in self.coordinator.tick(now) {
+            info!(job = %job.short(), node = %lease.node.short(), "lease expired without heartbeat");
+            let _ = self
+                .p
+                .db
+                .update_lease(&lease.id, db::LeaseState::Expired, lease.expires);
+        }
+        let actions = self.volunteer.poll(now);
+        self.carry_out(actions);
+        if now >= self.last_heartbeat + coordinator::HEARTBEAT_SECS {
+            self.last_heartbeat = now;
+            self.send_heartbeats(now);
+        }
+        if now >= self.last_announce + self.p.cfg.announce_interval.as_secs() {
+            self.last_announce = now;
+            for id in self.coordinator.open_jobs(now) {
+                self.announce(&id);
+            }
+        }
+        if now >= self.last_advert + self.p.cfg.advert_interval.as_secs() {
+            self.advertise();
+        }
+        self.flush_outbox(now);
+    }
+
+    fn advertise(&mut self) {
+        let now = now();
+        self.last_advert = now;
+        let images = self.p.images.list().unwrap_or_default();
+        self.volunteer.caps.images = images.iter().map(|i| i.hash).collect();
+        let advert = NodeAdvert {
+            node: self.me,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            archs: vec![ArchInfo {
+                isa: "x86_64".into(),
+                endian: Endian::Little,
+                data_model: "lp64".into(),
+                accel: self.p.accel,
+            }],
+            cpus: self.p.cfg.max_cpus,
+            memory_bytes: self.p.cfg.max_memory_bytes,
+            free_slots: self.volunteer.free_slots(),
+            total_slots: self.p.cfg.slots,
+            images: images.into_iter().map(|i| (i.name, i.hash)).collect(),
+            addrs: self.p.swarm.listeners().map(|a| a.to_string()).collect(),
+            time: now,
+            expires: now + 3 * self.p.cfg.advert_interval.as_secs(),
+        };
+        let bytes = Signed::sign(advert, &self.p.key).to_bytes();
+        let _ = self.p.db.upsert_node_advert(&self.me, &bytes, now);
+        self.publish(TOPIC_ADVERTS, bytes);
+    }
+
+    fn publish(&mut self, name: &str, bytes: Vec<u8>) {
+        if let Err(e) = self
+            .p
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic(name), bytes)
+        {
+            debug!(topic = name, "gossip not sent: {e}");
+        }
+    }
+
+    fn announce(&mut self, id: &JobId) {
+        let Ok(Some(rec)) = self.p.db.get_job(id) else {
+            return;
+        };
+        let ann = JobAnnounce {
+            job: rec.envelope,
+            sent: now_ms(),
+        };
+        self.publish(TOPIC_JOBS, barn_protocol::cbor::to_vec(&ann));
+    }
+
+    fn send_heartbeats(&mut self, now: u64) {
+        let beats: Vec<_> = self
+            .running
+            .iter()
+            .map(|(job, r)| (*job, r.lease, r.coordinator, r.phase, r.log_bytes))
+            .collect();
+        for (job, lease, peer, phase, log_bytes) in beats {
+            let hb = Heartbeat {
+                job,
+                lease,
+                phase,
+                log_bytes,
+                time: now,
+            };
+            let bytes = Signed::sign(hb, &self.p.key).to_bytes();
+            if peer == *self.p.swarm.local_peer_id() {
+                // Coordinating our own job: no need to go through the network.
+                let _ = self.coordinator.on_heartbeat(&job, &lease, self.me, now);
+                continue;
+            }
+            let id = self
+                .p
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_request(&peer, Request::Heartbeat(bytes));
+            self.pending.insert(id, Pending::Heartbeat);
+        }
+    }
+
+    fn flush_outbox(&mut self, now: u64) {
+        let due: Vec<_> = self.outbox.iter().filter(|o| o.3 <= now).cloned().collect();
+        self.outbox.retain(|o| o.3 > now);
+        for (job, peer, bytes, _) in due {
+            self.send_result(job, peer, bytes);
+        }
+    }
+
+    fn send_result(&mut self, job: JobId, peer: PeerId, bytes: Vec<u8>) {
+        if peer == *self.p.swarm.local_peer_id() {
+            if let Err(e) = self.accept_result(&bytes, self.me) {
+                warn!(job = %job.short(), "own result refused: {e}");
+            }
+            return;
+        }
+        let id = self
+            .p
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&peer, Request::Result(bytes.clone()));
+        self.pending.insert(id, Pending::Result(job));
+        // Kept until acknowledged; re-sent if the coordinator is away.
+        self.outbox.push((job, peer, bytes, now() + 30));
+    }
+
+    // ---- volunteer actions ----
+
+    fn carry_out(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Claim { job, coordinator } => self.claim(job, coordinator),
+                Action::Start { job, lease } => self.start(job, lease),
+            }
+        }
+    }
+
+    fn claim(&mut self, job: JobId, coordinator: NodeId) {
+        let now = now();
+        let claim = Claim {
+            job,
+            node: self.me,
+            accel: self.p.accel,
+            time: now,
+        };
+        let peer = coordinator.to_peer_id();
+        if peer == *self.p.swarm.local_peer_id() {
+            let decision = self.coordinator.on_claim(&job, self.me, now);
+            self.record_grant(&job, self.me, &decision, now);
+            let actions = self.volunteer.on_grant(&job, &decision, now);
+            self.carry_out(actions);
+            return;
+        }
+        if let Ok(Some(rec)) = self.p.db.get_job(&job)
+            && let Ok(signed) = Signed::<Job>::from_bytes(&rec.envelope)
+        {
+            for a in &signed.message().coordinator_addrs {
+                if let Ok(addr) = a.parse::<Multiaddr>() {
+                    self.p.swarm.add_peer_address(peer, addr);
+                }
+            }
+        }
+        debug!(job = %job.short(), "claiming");
+        let bytes = Signed::sign(claim, &self.p.key).to_bytes();
+        let id = self
+            .p
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&peer, Request::Claim(bytes));
+        self.pending.insert(id, Pending::Claim(job));
+    }
+
+    fn start(&mut self, job: JobId, lease: LeaseId) {
+        let Ok(Some(rec)) = self.p.db.get_job(&job) else {
+            return;
+        };
+        let Ok(signed) = Signed::<Job>::from_bytes(&rec.envelope) else {
+            return;
+        };
+        let coordinator = signed.message().coordinator.to_peer_id();
+        info!(job = %job.short(), lease = %lease, "granted: starting");
+        self.running.insert(
+            job,
+            Running {
+                lease,
+                coordinator,
+                phase: Phase::Fetching,
+                log_bytes: 0,
+            },
+        );
+        let ctx = work::Context {
+            key: self.p.key.clone(),
+            blobs: self.p.blobs.clone(),
+            images: self.p.images.clone(),
+            runner: self.p.runner.clone(),
+            control: self.p.control.clone(),
+            accel: self.p.accel,
+            out_dir: self.p.dirs.data.join("jobs").join(job.0.to_hex()),
+            internal: self.internal_tx.clone(),
+            fault_alter_outputs: self.p.opts.fault_alter_outputs,
+        };
+        let job_msg = signed.message().clone();
+        self.tasks.spawn(work::run(ctx, job, lease, job_msg));
+        self.advertise();
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Progress {
+                job,
+                phase,
+                log_bytes,
+            } => {
+                if let Some(r) = self.running.get_mut(&job) {
+                    r.phase = phase;
+                    r.log_bytes = log_bytes;
+                }
+            }
+        }
+    }
+
+    fn on_work_done(&mut self, out: WorkOutcome) {
+        let now = now();
+        let Some(r) = self.running.remove(&out.job) else {
+            return;
+        };
+        let bytes = out.result.to_bytes();
+        let res = out.result.message();
+        info!(job = %out.job.short(), status = res.status.word(), root = %res.manifest_root.short(), "finished");
+        let _ = self.p.db.insert_result(&ResultRecord {
+            job: out.job,
+            node: self.me,
+            envelope: bytes.clone(),
+            received_at: now,
+        });
+        if bytes.len() <= barn_protocol::limits::MAX_GOSSIP_MESSAGE {
+            self.publish(TOPIC_RESULTS, bytes.clone());
+        }
+        self.send_result(out.job, r.coordinator, bytes);
+        let actions = self.volunteer.on_finished(&out.job, now);
+        self.carry_out(actions);
+        self.advertise();
+    }
+
+    // ---- coordinator ----
+
+    fn record_grant(&mut self, job: &JobId, node: NodeId, decision: &GrantDecision, now: u64) {
+        if let GrantDecision::Granted { lease, expires, .. } = decision {
+            let rec = LeaseRecord {
+                id: *lease,
+                job: *job,
+                node,
+                state: db::LeaseState::Active,
+                expires: *expires,
+                granted_at: now,
+            };
+            if self.p.db.insert_lease(&rec).is_err() {
+                let _ = self
+                    .p
+                    .db
+                    .update_lease(lease, db::LeaseState::Active, *expires);
+            }
+            info!(job = %job.short(), node = %node.short(), "granted a lease");
+        }
+    }
+
+    fn on_claim(&mut self, peer: PeerId, bytes: &[u8]) -> Response {
+        let claim = match Signed::<Claim>::from_bytes(bytes) {
+            Ok(c) => c,
+            Err(e) => return Response::Rejected(format!("claim: {e}")),
+        };
+        let node = NodeId(claim.signer());
+        if node.to_peer_id() != peer || claim.message().node != node {
+            return Response::Rejected("claim signed by another node than the sender".into());
+        }
+        let now = now();
+        let job = claim.message().job;
+        let decision = self.coordinator.on_claim(&job, node, now);
+        self.record_grant(&job, node, &decision, now);
+        let grant = Grant {
+            job,
+            node,
+            decision,
+            time: now,
+        };
+        Response::Grant(Signed::sign(grant, &self.p.key).to_bytes())
+    }
+
+    fn on_heartbeat(&mut self, peer: PeerId, bytes: &[u8]) -> Response {
+        let hb = match Signed::<Heartbeat>::from_bytes(bytes) {
+            Ok(h) => h,
+            Err(e) => return Response::Rejected(format!("heartbeat: {e}")),
+        };
+        let node = NodeId(hb.signer());
+        if node.to_peer_id() != peer {
+            return Response::Rejected("heartbeat signed by another node than the sender".into());
+        }
+        let m = hb.message();
+        match self.coordinator.on_heartbeat(&m.job, &m.lease, node, now()) {
+            Ok(expires) => {
+                let _ = self
+                    .p
+                    .db
+                    .update_lease(&m.lease, db::LeaseState::Active, expires);
+                Response::Ack
+            }
+            Err(e) => Response::Rejected(e.to_string()),
+        }
+    }
+
+    /// Checks and records a result for a job this node coordinates.
+    fn accept_result(&mut self, bytes: &[u8], sender: NodeId) -> Result<(), String> {
+        let signed =
+            Signed::<BuildResult>::from_bytes(bytes).map_err(|e| format!("result: {e}"))?;
+        let node = NodeId(signed.signer());
+        if node != sender {
+            return Err("result signed by another node than the sender".into());
+        }
+        let m = signed.message();
+        if m.manifest.root() != m.manifest_root {
+            return Err("the manifest does not hash to the manifest root".into());
+        }
+        let state = self
+            .coordinator
+            .on_result(&m.job, m, node)
+            .map_err(|e| e.to_string())?;
+        let now = now();
+        if let Some(lease) = m.lease {
+            let s = if state == LeaseState::Done {
+                db::LeaseState::Completed
+            } else {
+                db::LeaseState::Released
+            };
+            let _ = self.p.db.update_lease(&lease, s, now);
+        }
+        let _ = self.p.db.insert_result(&ResultRecord {
+            job: m.job,
+            node,
+            envelope: bytes.to_vec(),
+            received_at: now,
+        });
+        info!(job = %m.job.short(), node = %node.short(), status = m.status.word(), root = %m.manifest_root.short(), "result received");
+        if self.coordinator.job(&m.job).is_some_and(|j| j.complete()) {
+            let _ = self.p.db.set_job_state(&m.job, db::JobState::Complete);
+            info!(job = %m.job.short(), "every replica has a result");
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, peer: PeerId, req: Request) -> Response {
+        match &req {
+            Request::Claim(b) => self.on_claim(peer, b),
+            Request::Heartbeat(b) => self.on_heartbeat(peer, b),
+            Request::Result(b) => match NodeId::from_peer_id(&peer) {
+                Ok(sender) => match self.accept_result(b, sender) {
+                    Ok(()) => Response::Ack,
+                    Err(e) => Response::Rejected(e),
+                },
+                Err(e) => Response::Rejected(e.to_string()),
+            },
+            _ => Response::Rejected(format!("{} is not handled by this node", req.kind())),
+        }
+    }
+
+    fn on_response(&mut self, peer: PeerId, id: OutboundRequestId, resp: Response) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let now = now();
+        match (pending, resp) {
+            (Pending::Claim(job), Response::Grant(bytes)) => {
+                let decision = match Signed::<Grant>::from_bytes(&bytes) {
+                    Ok(g)
+                        if g.signer().to_peer_id() == peer
+                            && g.message().job == job
+                            && g.message().node == self.me =>
+                    {
+                        g.message().decision.clone()
+                    }
+                    Ok(_) => GrantDecision::Denied {
+                        reason: "grant from the wrong coordinator or for another job".into(),
+                    },
+                    Err(e) => GrantDecision::Denied {
+                        reason: format!("bad grant: {e}"),
+                    },
+                };
+                if let GrantDecision::Denied { reason } = &decision {
+                    debug!(job = %job.short(), "claim denied: {reason}");
+                }
+                let actions = self.volunteer.on_grant(&job, &decision, now);
+                self.carry_out(actions);
+            }
+            (Pending::Claim(job), other) => {
+                let actions = self
+                    .volunteer
+                    .on_claim_failed(&job, format!("{other:?}"), now);
+                self.carry_out(actions);
+            }
+            (Pending::Result(job), Response::Ack) => {
+                self.outbox.retain(|o| o.0 != job);
+            }
+            (Pending::Result(job), Response::Rejected(why)) => {
+                warn!(job = %job.short(), "coordinator refused our result: {why}");
+                self.outbox.retain(|o| o.0 != job);
+            }
+            (Pending::Heartbeat, Response::Rejected(why)) => debug!("heartbeat refused: {why}"),
+            _ => {}
+        }
+    }
+
+    fn on_outbound_failure(&mut self, id: OutboundRequestId, error: String) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        if let Pending::Claim(job) = pending {
+            debug!(job = %job.short(), "claim failed: {error}");
+            let actions = self.volunteer.on_claim_failed(&job, error, now());
+            self.carry_out(actions);
+        }
+    }
+
+    // ---- gossip ----
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let verdict = match msg.topic.as_str() {
+            TOPIC_JOBS => self.on_job_gossip(&msg.data),
+            TOPIC_ADVERTS => self.on_advert_gossip(&msg.data),
+            TOPIC_RESULTS => self.on_result_gossip(&msg.data),
+            _ => Err(true),
+        };
+        let acceptance = match verdict {
+            Ok(()) => Accept,
+            Err(true) => Reject,
+            Err(false) => Ignore,
+        };
+        self.p
+            .swarm
+            .behaviour_mut()
+            .report_gossip(&id, &source, acceptance);
+    }
+
+    /// `Err(true)`: invalid (reject, penalise); `Err(false)`: valid but not for us.
+    fn on_job_gossip(&mut self, data: &[u8]) -> Result<(), bool> {
+        let ann: JobAnnounce =
+            barn_protocol::cbor::from_slice(data, JobAnnounce::MAX_SIZE).map_err(|_| true)?;
+        let signed = Signed::<Job>::from_bytes(&ann.job).map_err(|e| {
+            debug!("invalid job announcement: {e}");
+            true
+        })?;
+        let id = JobId::of(&signed);
+        let job = signed.message().clone();
+        let now = now();
+        if job.expires <= now {
+            return Err(false);
+        }
+        let submitter = SubmitterId(signed.signer());
+        let rec = JobRecord {
+            id,
+            envelope: ann.job.clone(),
+            submitter,
+            state: db::JobState::Open,
+            created: job.created,
+            expires: job.expires,
+            coordinated: false,
+        };
+        let _ = self.p.db.insert_job(&rec);
+        let actions = self.volunteer.on_job(id, job, submitter, now);
+        self.carry_out(actions);
+        Ok(())
+    }
+
+    fn on_advert_gossip(&mut self, data: &[u8]) -> Result<(), bool> {
+        let signed = Signed::<NodeAdvert>::from_bytes(data).map_err(|_| true)?;
+        let a = signed.message();
+        if NodeId(signed.signer()) != a.node {
+            return Err(true);
+        }
+        let now = now();
+        if a.expires <= now {
+            return Err(false);
+        }
+        let peer = a.node.to_peer_id();
+        for addr in a.addrs.iter().filter_map(|s| s.parse::<Multiaddr>().ok()) {
+            self.p.swarm.behaviour_mut().add_peer_address(&peer, addr);
+        }
+        let _ = self.p.db.upsert_node_advert(&a.node, data, now);
+        Ok(())
+    }
+
+    fn on_result_gossip(&mut self, data: &[u8]) -> Result<(), bool> {
+        let signed = Signed::<BuildResult>::from_bytes(data).map_err(|_| true)?;
+        let m = signed.message();
+        if NodeId(signed.signer()) != m.node || m.manifest.root() != m.manifest_root {
+            return Err(true);
+        }
+        if self.coordinator.job(&m.job).is_some() {
+            return Ok(()); // the direct copy is the one that counts
+        }
+        let _ = self.p.db.insert_result(&ResultRecord {
+            job: m.job,
+            node: m.node,
+            envelope: data.to_vec(),
+            received_at: now(),
+        });
+        Ok(())
+    }
+
+    // ---- swarm ----
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.last_advert = 0;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                self.on_gossip(propagation_source, message_id, message);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                topic: t,
+                ..
+            })) => {
+                // A new peer hears the open jobs and this node at once, not at the next interval.
+                if t.as_str() == TOPIC_JOBS {
+                    self.last_announce = 0;
+                } else if t.as_str() == TOPIC_ADVERTS {
+                    self.last_advert = 0;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let resp = self.on_request(peer, request);
+                    if self
+                        .p
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, resp)
+                        .is_err()
+                    {
+                        debug!(%peer, "response not sent: the stream closed");
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_response(peer, request_id, response),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                },
+            )) => {
+                self.on_outbound_failure(request_id, error.to_string());
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                self.p.swarm.behaviour_mut().on_identify(&peer_id, &info);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- API commands ----
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(super::views::status(self));
+            }
+            Command::Nodes(reply) => {
+                let _ = reply.send(super::views::nodes(self));
+            }
+            Command::Jobs(reply) => {
+                let _ = reply.send(super::views::jobs(self));
+            }
+            Command::Job(id, reply) => {
+                let _ = reply.send(super::views::job(self, &id));
+            }
+            Command::Submit(bytes, reply) => {
+                let _ = reply.send(self.submit(&bytes));
+            }
+            Command::Fetch { hash, node, reply } => self.fetch(hash, node, reply),
+        }
+    }
+
+    fn submit(&mut self, bytes: &[u8]) -> Result<String, String> {
+        let signed = Signed::<Job>::from_bytes(bytes).map_err(|e| e.to_string())?;
+        let job = signed.message().clone();
+        if job.coordinator != self.me {
+            return Err(format!(
+                "the job names {} as its coordinator, not this node ({})",
+                job.coordinator, self.me
+            ));
+        }
+        if !self.p.blobs.has(&job.source) {
+            return Err(format!(
+                "the source {} is not in this node's blob store",
+                job.source
+            ));
+        }
+        work::ensure_image_blob(&self.p.images, &self.p.blobs, &job.image_hash)
+            .map_err(|e| format!("{e:#}"))?;
+        let id = JobId::of(&signed);
+        let rec = JobRecord {
+            id,
+            envelope: bytes.to_vec(),
+            submitter: SubmitterId(signed.signer()),
+            state: db::JobState::Open,
+            created: job.created,
+            expires: job.expires,
+            coordinated: true,
+        };
+        self.p.db.insert_job(&rec).map_err(|e| e.to_string())?;
+        info!(job = %id.short(), replicas = job.spec.replicas, "coordinating a new job");
+        self.coordinator.add_job(id, job.clone(), vec![]);
+        self.announce(&id);
+        // This node may volunteer for its own job too.
+        let actions = self
+            .volunteer
+            .on_job(id, job, SubmitterId(signed.signer()), now());
+        self.carry_out(actions);
+        Ok(id.to_string())
+    }
+
+    fn fetch(
+        &mut self,
+        hash: ContentHash,
+        node: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Result<crate::api::types::FetchResponse, String>>,
+    ) {
+        let blobs = self.p.blobs.clone();
+        let peers: Vec<PeerId> = match node {
+            Some(n) => match n.parse::<PeerId>() {
+                Ok(p) => vec![p],
+                Err(e) => {
+                    let _ = reply.send(Err(format!("{n:?} is not a peer id: {e}")));
+                    return;
+                }
+            },
+            None => self.p.swarm.connected_peers().copied().collect(),
+        };
+        for p in &peers {
+            if *p != *self.p.swarm.local_peer_id() && !self.p.swarm.is_connected(p) {
+                let _ = self.p.swarm.dial(*p);
+            }
+        }
+        let local = *self.p.swarm.local_peer_id();
+        let control = self.p.control.clone();
+        tokio::spawn(async move {
+            let result = work::fetch_from_any(
+                control,
+                &blobs,
+                hash,
+                peers.into_iter().filter(|p| *p != local).collect(),
+            )
+            .await;
+            let _ = reply.send(result.map(|(path, size)| crate::api::types::FetchResponse {
+                path: path.display().to_string(),
+                size,
+            }));
+        });
+    }
+
+    // ---- accessors for views ----
+
+    pub(super) fn parts(&self) -> &Parts {
+        &self.p
+    }
+    pub(super) fn me(&self) -> NodeId {
+        self.me
+    }
+    pub(super) fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+    pub(super) fn volunteer(&self) -> &Volunteer {
+        &self.volunteer
+    }
+    pub(super) fn is_connected(&self, peer: &PeerId) -> bool {
+        self.p.swarm.is_connected(peer)
+    }
+    pub(super) fn peer_count(&self) -> usize {
+        self.p.swarm.connected_peers().count()
+    }
+    pub(super) fn listen_addrs(&self) -> Vec<String> {
+        self.p.swarm.listeners().map(|a| a.to_string()).collect()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,207 @@
+//! The API's views of the actor's state: built from the database and the schedulers.
+
+use barn_protocol::message::{BuildResult, BuildStatus, Job, JobId, NodeAdvert};
+use barn_protocol::{NodeId, Signed};
+
+use super::actor::Actor;
+use super::now;
+use crate::api::types::*;
+use crate::sched::coordinator::LeaseState;
+use crate::store::db::{self, JobRecord};
+
+pub fn status(a: &Actor) -> StatusView {
+    let p = a.parts();
+    StatusView {
+        node: a.me().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        listen: a.listen_addrs(),
+        peers: a.peer_count(),
+        slots: p.cfg.slots,
+        free_slots: a.volunteer().free_slots(),
+        accel: p.accel.to_string(),
+        images: p
+            .images
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| (i.name, i.hash.to_string()))
+            .collect(),
+    }
+}
+
+pub fn nodes(a: &Actor) -> Vec<NodeView> {
+    let mut out = Vec::new();
+    for rec in a.parts().db.list_nodes().unwrap_or_default() {
+        let Some(advert) = rec
+            .advert
+            .as_deref()
+            .and_then(|b| Signed::<NodeAdvert>::from_bytes(b).ok())
+        else {
+            continue;
+        };
+        let m = advert.message();
+        out.push(NodeView {
+            node: rec.id.to_string(),
+            is_self: rec.id == a.me(),
+            connected: rec.id == a.me() || a.is_connected(&rec.id.to_peer_id()),
+            version: m.version.clone(),
+            archs: m
+                .archs
+                .iter()
+                .map(|x| format!("{} ({})", x.isa, x.accel))
+                .collect(),
+            cpus: m.cpus,
+            memory_bytes: m.memory_bytes,
+            free_slots: m.free_slots,
+            total_slots: m.total_slots,
+            images: m
+                .images
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            addrs: m.addrs.clone(),
+            last_seen: rec.last_seen,
+            agreements: rec.agreements,
+            disagreements: rec.disagreements,
+        });
+    }
+    out.sort_by(|x, y| y.is_self.cmp(&x.is_self).then(x.node.cmp(&y.node)));
+    out
+}
+
+fn job_view(a: &Actor, rec: &JobRecord) -> Option<JobView> {
+    let signed = Signed::<Job>::from_bytes(&rec.envelope).ok()?;
+    let job = signed.message();
+    let results = results_of(a, &rec.id);
+    let state = match a.coordinator().job(&rec.id) {
+        _ if rec.expires <= now() && rec.state == db::JobState::Open => "expired".to_string(),
+        Some(c) if c.complete() => "complete".into(),
+        Some(c) if c.held() >= usize::from(job.spec.replicas) => "running".into(),
+        Some(_) => "open".into(),
+        None if rec.state == db::JobState::Complete => "complete".into(),
+        None => "seen".into(),
+    };
+    Some(JobView {
+        id: rec.id.to_string(),
+        image: job.spec.image.clone(),
+        arch: job.spec.arch.clone(),
+        replicas: job.spec.replicas,
+        state,
+        succeeded: results
+            .iter()
+            .filter(|r| r.message().status == BuildStatus::Succeeded)
+            .count(),
+        results: results.len(),
+        created: job.created,
+        mine: rec.coordinated,
+        submitter: rec.submitter.to_string(),
+    })
+}
+
+fn results_of(a: &Actor, id: &JobId) -> Vec<Signed<BuildResult>> {
+    a.parts()
+        .db
+        .list_results(id)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| Signed::<BuildResult>::from_bytes(&r.envelope).ok())
+        .collect()
+}
+
+pub fn jobs(a: &Actor) -> Vec<JobView> {
+    let mut v: Vec<_> = a
+        .parts()
+        .db
+        .list_jobs()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| job_view(a, r))
+        .collect();
+    v.sort_by(|x, y| y.created.cmp(&x.created).then(x.id.cmp(&y.id)));
+    v
+}
+
+/// A job by full id or unique hex prefix.
+pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
+    let q = query.trim().trim_start_matches("b3:").to_lowercase();
+    if q.len() < 4 {
+        return Err(format!(
+            "{query:?} is too short to name a job (give at least 4 hex digits)"
+        ));
+    }
+    let all = a.parts().db.list_jobs().map_err(|e| e.to_string())?;
+    let found: Vec<_> = all
+        .iter()
+        .filter(|r| r.id.0.to_hex().starts_with(&q))
+        .collect();
+    let rec = match found.as_slice() {
+        [one] => *one,
+        [] => return Err(format!("no job {query} is known to this node")),
+        many => {
+            return Err(format!(
+                "{query} names {} jobs; give more digits",
+                many.len()
+            ));
+        }
+    };
+    let view = job_view(a, rec).ok_or("the stored job does not verify")?;
+    let leases = match a.coordinator().job(&rec.id) {
+        Some(c) => c
+            .leases
+            .iter()
+            .map(|l| LeaseView {
+                node: l.node.to_string(),
+                state: match l.state {
+                    LeaseState::Active => "active",
+                    LeaseState::Done => "done",
+                    LeaseState::Expired => "expired",
+                    LeaseState::Failed => "failed",
+                }
+                .into(),
+                granted: l.granted,
+                expires: l.expires,
+            })
+            .collect(),
+        None => vec![],
+    };
+    let stored = a
+        .parts()
+        .db
+        .list_results(&rec.id)
+        .map_err(|e| e.to_string())?;
+    let mut results = Vec::new();
+    for r in stored {
+        let Ok(signed) = Signed::<BuildResult>::from_bytes(&r.envelope) else {
+            continue;
+        };
+        let m = signed.message();
+        let detail = match &m.status {
+            BuildStatus::Failed { task, exit_code } => {
+                Some(format!("task {task} exited {exit_code}"))
+            }
+            BuildStatus::Error { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        results.push(ResultView {
+            node: NodeId(signed.signer()).to_string(),
+            status: m.status.word().into(),
+            detail,
+            manifest_root: m.manifest_root.to_string(),
+            log_hash: m.log_hash.to_string(),
+            log_size: m.log_size,
+            total_ms: m.timings.total_ms,
+            boot_ms: m.timings.boot_ms,
+            run_ms: m.timings.run_ms,
+            accel: m.accel.to_string(),
+            image_hash: m.image_hash.to_string(),
+            envelope: hex::encode(&r.envelope),
+            received: r.received_at,
+        });
+    }
+    Ok(JobDetail {
+        job: view,
+        envelope: hex::encode(&rec.envelope),
+        leases,
+        results,
+    })
+}

@@ -1,0 +1,307 @@
+//! One leased job on a volunteer, in its own task: fetch the source and (if missing) the
+//! image from the coordinator, verified by hash; run the VM; keep the artifacts and the
+//! log as blobs so anyone can fetch them; sign the result.
+//!
+//! Any failure before or around the VM becomes a signed result with status `error`, so the
+//! coordinator frees the replica for another node at once instead of waiting for the
+//! lease to lapse.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use barn_protocol::message::*;
+use barn_protocol::{ContentHash, SecretKey, Signed};
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use crate::net::blobs;
+use crate::runner::{self, ImageStore, RunRequest, Runner};
+use crate::store::blobs::{BlobStore, BlobWriter};
+
+/// Largest source accepted from a coordinator.
+pub const MAX_SOURCE: u64 = 4 << 30;
+/// Largest image accepted from a peer.
+pub const MAX_IMAGE: u64 = 8 << 30;
+
+/// Progress a job task reports to the actor (for heartbeats).
+#[derive(Debug)]
+pub enum Internal {
+    Progress {
+        job: JobId,
+        phase: Phase,
+        log_bytes: u64,
+    },
+}
+
+/// What a job task needs.
+pub struct Context {
+    pub key: SecretKey,
+    pub blobs: BlobStore,
+    pub images: ImageStore,
+    pub runner: Runner,
+    pub control: libp2p_stream::Control,
+    pub accel: Accel,
+    pub out_dir: PathBuf,
+    pub internal: mpsc::Sender<Internal>,
+    pub fault_alter_outputs: bool,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("out_dir", &self.out_dir)
+            .field("accel", &self.accel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A finished job task.
+#[derive(Debug)]
+pub struct WorkOutcome {
+    pub job: JobId,
+    pub result: Signed<BuildResult>,
+}
+
+/// Runs `job` under `lease` and signs the result.
+pub async fn run(ctx: Context, id: JobId, lease: LeaseId, job: Job) -> WorkOutcome {
+    let span = info_span!("job", job = %id.short());
+    async move {
+        let result = match execute(&ctx, id, &job).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("job failed before or around the VM: {e:#}");
+                error_result(&ctx, id, &job, format!("{e:#}"))
+            }
+        };
+        let result = BuildResult {
+            lease: Some(lease),
+            ..result
+        };
+        WorkOutcome {
+            job: id,
+            result: Signed::sign(result, &ctx.key),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn error_result(ctx: &Context, id: JobId, job: &Job, reason: String) -> BuildResult {
+    let manifest = barn_protocol::manifest::Manifest::new(vec![]);
+    BuildResult {
+        job: id,
+        lease: None,
+        node: ctx.key.node_id(),
+        status: BuildStatus::Error { reason },
+        tasks: vec![],
+        manifest_root: manifest.root(),
+        manifest,
+        log_hash: ContentHash::of(b""),
+        log_size: 0,
+        timings: Timings::default(),
+        image_hash: job.image_hash,
+        arch: job.spec.arch.clone(),
+        accel: ctx.accel,
+        qemu_version: String::new(),
+        finished: super::now(),
+    }
+}
+
+async fn progress(ctx: &Context, job: JobId, phase: Phase, log_bytes: u64) {
+    let _ = ctx
+        .internal
+        .send(Internal::Progress {
+            job,
+            phase,
+            log_bytes,
+        })
+        .await;
+}
+
+async fn execute(ctx: &Context, id: JobId, job: &Job) -> Result<BuildResult> {
+    let coordinator = job.coordinator.to_peer_id();
+    progress(ctx, id, Phase::Fetching, 0).await;
+    let source = fetch_from_any(
+        ctx.control.clone(),
+        &ctx.blobs,
+        job.source,
+        vec![coordinator],
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+    .context("failed to fetch the source")?
+    .0;
+    let image = match ctx.images.get(&job.image_hash)? {
+        Some(i) => i,
+        None => {
+            let (tar, _) = fetch_from_any(
+                ctx.control.clone(),
+                &ctx.blobs,
+                job.image_hash,
+                vec![coordinator],
+            )
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("failed to fetch the image")?;
+            let images = ctx.images.clone();
+            let want = job.image_hash;
+            tokio::task::spawn_blocking(move || images.import_tar(&tar, &want)).await??
+        }
+    };
+    if image.name != job.spec.image || image.arch != job.spec.arch {
+        bail!(
+            "image {} is {} for {}, the job asks for {} on {}",
+            job.image_hash.short(),
+            image.name,
+            image.arch,
+            job.spec.image,
+            job.spec.arch
+        );
+    }
+    progress(ctx, id, Phase::Preparing, 0).await;
+    let _ = std::fs::remove_dir_all(&ctx.out_dir);
+    let req = RunRequest {
+        spec: job.spec.clone(),
+        source_tar: source,
+        image,
+        out_dir: ctx.out_dir.clone(),
+    };
+    let (tx, mut rx) = mpsc::channel(256);
+    let forward = {
+        let internal = ctx.internal.clone();
+        tokio::spawn(async move {
+            let mut log_bytes = 0u64;
+            let mut phase = Phase::Booting;
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    runner::Event::Phase(p) => phase = p,
+                    runner::Event::Log(l) => log_bytes += l.len() as u64 + 1,
+                    _ => continue,
+                }
+                let _ = internal.try_send(Internal::Progress {
+                    job: id,
+                    phase,
+                    log_bytes,
+                });
+            }
+        })
+    };
+    let report = ctx
+        .runner
+        .run(req, ctx.accel, tx, CancellationToken::new())
+        .await?;
+    let _ = forward.await;
+
+    let mut manifest = report.manifest.clone();
+    if ctx.fault_alter_outputs {
+        alter_outputs(&report.artifacts_dir, &mut manifest)?;
+    }
+    // Keep every artifact and the log as blobs, so anyone with the job id can fetch them.
+    for e in manifest.files() {
+        let path = report.artifacts_dir.join(&e.path);
+        let h = ctx
+            .blobs
+            .import_file(&path)
+            .with_context(|| format!("failed to keep artifact {}", e.path))?;
+        if Some(h) != e.hash {
+            bail!("artifact {} changed while being stored", e.path);
+        }
+    }
+    ctx.blobs
+        .import_file(&report.log_path)
+        .context("failed to keep the log")?;
+    Ok(BuildResult {
+        job: id,
+        lease: None,
+        node: ctx.key.node_id(),
+        status: report.status.clone(),
+        tasks: report.tasks.clone(),
+        manifest_root: manifest.root(),
+        manifest,
+        log_hash: report.log_hash,
+        log_size: report.log_size,
+        timings: report.timings,
+        image_hash: report.image_hash,
+        arch: job.spec.arch.clone(),
+        accel: report.accel,
+        qemu_version: report.qemu_version.clone(),
+        finished: super::now(),
+    })
+}
+
+/// The test-only fault: append a byte to every artifact and re-hash, as a dishonest or
+/// broken node would report.
+fn alter_outputs(
+    dir: &std::path::Path,
+    manifest: &mut barn_protocol::manifest::Manifest,
+) -> Result<()> {
+    for e in manifest
+        .entries
+        .iter_mut()
+        .filter(|e| e.kind == barn_protocol::manifest::EntryKind::File)
+    {
+        let path = dir.join(&e.path);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)?
+            .write_all(b"!")?;
+        let (h, n) = ContentHash::of_reader(std::fs::File::open(&path)?)?;
+        e.hash = Some(h);
+        e.size = n;
+    }
+    Ok(())
+}
+
+/// Fetches blob `hash` from the first of `peers` that has it (a few tries each, since a
+/// fresh connection may still be coming up); returns its path in the store and its size.
+pub async fn fetch_from_any(
+    mut control: libp2p_stream::Control,
+    store: &BlobStore,
+    hash: ContentHash,
+    peers: Vec<PeerId>,
+) -> Result<(PathBuf, u64), String> {
+    if store.has(&hash) {
+        let size = store.size(&hash).map_err(|e| e.to_string())?;
+        return Ok((store.path(&hash), size));
+    }
+    if peers.is_empty() {
+        return Err(format!(
+            "blob {hash} is not here and no peer to ask is connected"
+        ));
+    }
+    let mut last = String::new();
+    for attempt in 0..3 {
+        for peer in &peers {
+            match blobs::fetch(&mut control, *peer, hash, store, MAX_IMAGE.max(MAX_SOURCE)).await {
+                Ok(path) => {
+                    let size = store.size(&hash).map_err(|e| e.to_string())?;
+                    return Ok((path, size));
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+    }
+    Err(last)
+}
+
+/// Makes sure the image with `hash` is also in the blob store as its tar, so volunteers
+/// can fetch it.
+pub fn ensure_image_blob(images: &ImageStore, blobs: &BlobStore, hash: &ContentHash) -> Result<()> {
+    if blobs.has(hash) {
+        return Ok(());
+    }
+    let image = images
+        .get(hash)?
+        .with_context(|| format!("image {hash} is not on this node"))?;
+    let mut writer = BlobWriter::new(blobs)?;
+    barn_protocol::pack::pack_dir(&image.dir, &mut writer)?;
+    writer
+        .finish(Some(*hash))
+        .context("the image's files no longer hash to its id")?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The composed libp2p [`Behaviour`]: gossipsub for small signed announcements,
+//! request-response (`/barn/rpc/1`) for claims, grants, heartbeats and results, Kademlia
+//! (`/barn/kad/1`, our own DHT, never the public one) for finding peers, identify
+//! (`/barn/id/1`), ping, `libp2p-stream` for blobs, and mDNS when enabled.
+//!
+//! The daemon's actor owns the swarm and matches on [`BehaviourEvent`]. Gossip is
+//! validated by the application: every `gossipsub::Event::Message` must be answered once
+//! with [`Behaviour::report_gossip`] after checking our own signed envelope, because
+//! gossipsub's signature only names the forwarding publisher, not the submitter.
+
+use std::time::Duration;
+
+use barn_protocol::limits::MAX_GOSSIP_MESSAGE;
+use libp2p::identity::Keypair;
+use libp2p::kad::store::MemoryStore;
+use libp2p::request_response::ProtocolSupport;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, identify, kad, ping, request_response};
+
+use super::codec::{self, Codec};
+use super::swarm::{NetConfig, NetError};
+
+/// The Kademlia protocol name: barn's own DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/barn/kad/1");
+/// The identify protocol version string; peers announcing another are not barn nodes.
+pub const IDENTIFY_PROTOCOL: &str = "/barn/id/1";
+/// Timeout of one request-response exchange.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Inbound and outbound request-response substreams per connection. Each holds up to one
+/// whole message (at most about 1 MiB) in memory, so this bounds that memory.
+pub const RPC_MAX_CONCURRENT_STREAMS: usize = 32;
+
+/// The mDNS behaviour when the `mdns` feature is on, a placeholder otherwise.
+#[cfg(feature = "mdns")]
+pub type Mdns = libp2p::mdns::tokio::Behaviour;
+/// The mDNS behaviour when the `mdns` feature is on, a placeholder otherwise.
+#[cfg(not(feature = "mdns"))]
+pub type Mdns = libp2p::swarm::dummy::Behaviour;
+
+/// The request-response behaviour with barn's codec.
+pub type Rpc = request_response::Behaviour<Codec>;
+
+/// Every behaviour a barn node runs, composed; one event enum, [`BehaviourEvent`].
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub rpc: Rpc,
+    pub kad: kad::Behaviour<MemoryStore>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub stream: libp2p_stream::Behaviour,
+    pub mdns: Toggle<Mdns>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Behaviour")
+            .field("mdns", &self.mdns.is_enabled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Behaviour {
+    /// Builds the behaviours for the node whose identity is `key`.
+    pub fn new(key: &Keypair, cfg: &NetConfig) -> Result<Self, NetError> {
+        Self::with_codec(key, cfg, Codec::default())
+    }
+
+    pub(crate) fn with_codec(
+        key: &Keypair,
+        cfg: &NetConfig,
+        codec: Codec,
+    ) -> Result<Self, NetError> {
+        let peer_id = key.public().to_peer_id();
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(MAX_GOSSIP_MESSAGE)
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+            })
+            .build()
+            .map_err(|e| NetError::Gossipsub(e.to_string()))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| NetError::Gossipsub(e.to_string()))?;
+
+        let rpc = request_response::Behaviour::with_codec(
+            codec,
+            [(codec::PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(RPC_TIMEOUT)
+                .with_max_concurrent_streams(RPC_MAX_CONCURRENT_STREAMS),
+        );
+
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            MemoryStore::new(peer_id),
+            kad::Config::new(KAD_PROTOCOL),
+        );
+        // Kademlia stays a client until an external address is confirmed, which never
+        // happens on a LAN or in tests: serve the DHT from the start.
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                .with_agent_version(format!("barn/{}", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let mdns = if cfg.mdns {
+            Some(new_mdns(peer_id)?)
+        } else {
+            None
+        };
+
+        Ok(Self {
+            gossipsub,
+            rpc,
+            kad,
+            identify,
+            ping: ping::Behaviour::default(),
+            stream: libp2p_stream::Behaviour::new(),
+            mdns: mdns.into(),
+        })
+    }
+
+    /// Reports the verdict on a gossip message, once per message. `Accept` forwards it,
+    /// `Reject` penalises the peer that sent it, `Ignore` drops it quietly. Returns false
+    /// when the message was no longer in the cache.
+    pub fn report_gossip(
+        &mut self,
+        id: &gossipsub::MessageId,
+        from: &PeerId,
+        verdict: gossipsub::MessageAcceptance,
+    ) -> bool {
+        self.gossipsub
+            .report_message_validation_result(id, from, verdict)
+    }
+
+    /// Feeds what identify learnt into Kademlia: a barn peer that serves our DHT protocol
+    /// becomes routable at the addresses it listens on.
+    pub fn on_identify(&mut self, peer: &PeerId, info: &identify::Info) {
+        if info.protocol_version != IDENTIFY_PROTOCOL || !info.protocols.contains(&KAD_PROTOCOL) {
+            return;
+        }
+        for addr in &info.listen_addrs {
+            self.kad.add_address(peer, addr.clone());
+        }
+    }
+
+    /// Adds a known peer address to Kademlia (e.g. a bootstrap node).
+    pub fn add_peer_address(&mut self, peer: &PeerId, addr: Multiaddr) {
+        self.kad.add_address(peer, addr);
+    }
+}
+
+#[cfg(feature = "mdns")]
+fn new_mdns(peer_id: PeerId) -> Result<Mdns, NetError> {
+    libp2p::mdns::tokio::Behaviour::new(libp2p::mdns::Config::default(), peer_id)
+        .map_err(NetError::Mdns)
+}
+
+#[cfg(not(feature = "mdns"))]
+fn new_mdns(_: PeerId) -> Result<Mdns, NetError> {
+    Err(NetError::MdnsNotBuilt)
+}

@@ -1,0 +1,544 @@
+//! Blob transfer over `libp2p-stream`, protocol `/barn/blob/1`: sources, outputs, logs and
+//! images go peer to peer in constant memory, resumably, and are verified before they
+//! enter the store.
+//!
+//! ```text
+//! fetcher → server:  u32 BE length, CBOR BlobRequest { hash, offset }     (≤ 128 bytes)
+//! server → fetcher:  u32 BE length, CBOR Header                           (≤ 1 KiB)
+//!                      Ok { size }  → then exactly size − offset raw bytes, then close
+//!                      NotFound | Error(reason) → close
+//! ```
+//!
+//! [`serve`] accepts inbound streams and answers each from the [`BlobStore`], at most
+//! `max_transfers` at a time (a semaphore; further streams wait, and libp2p-stream drops
+//! inbound streams it cannot queue). [`fetch`] writes into a resumable
+//! [`BlobWriter`] on a blocking thread fed by a bounded channel,
+//! continues a partial download from where it stopped, and renames the file into the store
+//! only when its blake3 hash is the one asked for.
+//!
+//! `Control::open_stream` towards a peer that is not connected can hang: the caller dials
+//! the peer first, and [`fetch`] bounds the open with [`OPEN_TIMEOUT`].
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use barn_protocol::ContentHash;
+use barn_protocol::cbor;
+use barn_protocol::message::BlobRequest;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use libp2p_stream::{Control, OpenStreamError};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
+
+use crate::store::{BlobError, BlobStore, BlobWriter};
+
+/// The stream protocol name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/barn/blob/1");
+/// Concurrent transfers a node serves by default.
+pub const DEFAULT_MAX_TRANSFERS: usize = 8;
+/// How long opening a stream may take.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long either side waits for the other to make progress (a request, a header, a
+/// chunk read or written) before giving up.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest response header.
+const MAX_HEADER: usize = 1024;
+/// Bytes per read and per chunk handed to the writer thread.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the network and the writer thread (bounds memory to 2 MiB).
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// The server's answer, before the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Header {
+    Ok { size: u64 },
+    NotFound,
+    Error(String),
+}
+
+/// Why a blob could not be fetched from a peer.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to fetch blob {hash} from {peer}")]
+pub struct FetchError {
+    pub peer: PeerId,
+    pub hash: ContentHash,
+    #[source]
+    pub kind: FetchErrorKind,
+}
+
+/// What went wrong in a [`fetch`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchErrorKind {
+    #[error("could not open a stream")]
+    Open(#[source] OpenStreamError),
+    #[error("no stream opened within {0:?} (is the peer connected?)")]
+    OpenTimeout(Duration),
+    #[error("stream i/o failed")]
+    Io(#[source] io::Error),
+    #[error("the peer made no progress for {0:?}")]
+    Stalled(Duration),
+    #[error("the peer broke the blob protocol: {0}")]
+    Protocol(String),
+    #[error("the peer does not have the blob")]
+    NotFound,
+    #[error("the peer reported an error: {0}")]
+    Remote(String),
+    #[error("the blob is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("the stream ended after {got} of {expected} bytes (kept for resuming)")]
+    Truncated { got: u64, expected: u64 },
+    #[error("the content hashes to {actual}; discarded")]
+    Mismatch { actual: ContentHash },
+    #[error("the local blob store failed")]
+    Store(#[source] BlobError),
+}
+
+/// Why the blob server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("the blob protocol {PROTOCOL} is already being served")]
+    AlreadyServing(#[source] libp2p_stream::AlreadyRegistered),
+}
+
+/// Registers `/barn/blob/1` on `control` and returns the server loop to spawn. It answers
+/// up to `max_transfers` streams at once, and ends when the swarm is gone.
+pub fn serve(
+    mut control: Control,
+    store: BlobStore,
+    max_transfers: usize,
+) -> Result<impl Future<Output = ()> + Send + 'static, ServeError> {
+    let mut incoming = control
+        .accept(PROTOCOL)
+        .map_err(ServeError::AlreadyServing)?;
+    let permits = Arc::new(Semaphore::new(max_transfers.max(1)));
+    Ok(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let store = store.clone();
+            let span = tracing::debug_span!("blob_serve", %peer);
+            tokio::spawn(
+                async move {
+                    let _permit = permit;
+                    if let Err(e) = serve_one(stream, &store).await {
+                        tracing::debug!("blob transfer ended early: {e}");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        tracing::debug!("blob server stopped: no more inbound streams");
+    })
+}
+
+/// Answers one request on `stream`.
+async fn serve_one(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    store: &BlobStore,
+) -> io::Result<()> {
+    let req = match stalled(read_frame(&mut stream, BlobRequest::MAX_SIZE)).await? {
+        Ok(bytes) => cbor::from_slice::<BlobRequest>(&bytes, BlobRequest::MAX_SIZE)
+            .map_err(|e| format!("bad request: {e}")),
+        Err(e) => Err(format!("bad request: {e}")),
+    };
+    let req = match req {
+        Ok(req) => req,
+        Err(reason) => return send_header(&mut stream, &Header::Error(reason)).await,
+    };
+    tracing::debug!(hash = %req.hash.short(), offset = req.offset, "serving blob");
+
+    let path = store.path(&req.hash);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return send_header(&mut stream, &Header::NotFound).await;
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "failed to open blob: {e}");
+            return send_header(&mut stream, &Header::Error("cannot read the blob".into())).await;
+        }
+    };
+    let size = file.metadata().await?.len();
+    if req.offset > size {
+        let reason = format!("offset {} is past the end ({size} bytes)", req.offset);
+        return send_header(&mut stream, &Header::Error(reason)).await;
+    }
+    send_header(&mut stream, &Header::Ok { size }).await?;
+    file.seek(io::SeekFrom::Start(req.offset)).await?;
+
+    let mut left = size - req.offset;
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
+        let n = file.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob shrank while being served",
+            ));
+        }
+        stalled(stream.write_all(&buf[..n])).await??;
+        left -= n as u64;
+    }
+    stalled(stream.close()).await?
+}
+
+/// Sends a header; after anything but `Ok` the transfer is over, so the stream is closed.
+async fn send_header(stream: &mut (impl AsyncWrite + Unpin), header: &Header) -> io::Result<()> {
+    let bytes = cbor::to_vec(header);
+    stalled(write_frame(stream, &bytes)).await??;
+    if matches!(header, Header::Ok { .. }) {
+        return Ok(());
+    }
+    stalled(stream.close()).await?
+}
+
+/// Fetches blob `hash` from `peer` into `store` and returns its path there. Refuses blobs
+/// over `max_size` bytes. A download interrupted before (by this or an earlier process)
+/// continues from its partial file; bytes that fail verification are deleted.
+///
+/// The caller must be connected to `peer` (dial first): opening the stream is bounded by
+/// [`OPEN_TIMEOUT`], every later step by [`STALL_TIMEOUT`].
+pub async fn fetch(
+    control: &mut Control,
+    peer: PeerId,
+    hash: ContentHash,
+    store: &BlobStore,
+    max_size: u64,
+) -> Result<PathBuf, FetchError> {
+    let span = tracing::debug_span!("blob_fetch", %peer, hash = %hash.short());
+    fetch_inner(control, peer, hash, store, max_size)
+        .instrument(span)
+        .await
+        .map_err(|kind| FetchError { peer, hash, kind })
+}
+
+async fn fetch_inner(
+    control: &mut Control,
+    peer: PeerId,
+    hash: ContentHash,
+    store: &BlobStore,
+    max_size: u64,
+) -> Result<PathBuf, FetchErrorKind> {
+    if store.has(&hash) {
+        return Ok(store.path(&hash));
+    }
+    let writer = open_writer(store, hash, max_size).await?;
+    let offset = writer.offset();
+
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, PROTOCOL))
+        .await
+        .map_err(|_| FetchErrorKind::OpenTimeout(OPEN_TIMEOUT))?
+        .map_err(FetchErrorKind::Open)?;
+
+    let request = cbor::to_vec(&BlobRequest { hash, offset });
+    stalled_fetch(write_frame(&mut stream, &request))
+        .await?
+        .map_err(FetchErrorKind::Io)?;
+    let header = stalled_fetch(read_frame(&mut stream, MAX_HEADER))
+        .await?
+        .map_err(FetchErrorKind::Io)?;
+    let header: Header = cbor::from_slice(&header, MAX_HEADER)
+        .map_err(|e| FetchErrorKind::Protocol(format!("bad header: {e}")))?;
+    let size = match header {
+        Header::Ok { size } => size,
+        Header::NotFound => return Err(FetchErrorKind::NotFound),
+        Header::Error(reason) => {
+            // Perhaps our partial file is longer than the blob: start afresh next time.
+            if offset > 0 {
+                writer.discard();
+            }
+            return Err(FetchErrorKind::Remote(reason));
+        }
+    };
+    if size > max_size {
+        writer.discard();
+        return Err(FetchErrorKind::TooLarge {
+            size,
+            limit: max_size,
+        });
+    }
+    if offset > size {
+        writer.discard();
+        return Err(FetchErrorKind::Protocol(format!(
+            "answered offset {offset} with a blob of {size} bytes"
+        )));
+    }
+    tracing::debug!(size, offset, "receiving blob");
+
+    // The network side reads; a blocking thread writes and hashes.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let disk = tokio::task::spawn_blocking(move || write_chunks(writer, rx, done_rx, hash));
+
+    let received = receive(&mut stream, size - offset, &tx).await;
+    if received.is_ok() {
+        // Tell the writer the content is complete; without this it keeps the partial.
+        let _ = done_tx.send(());
+    }
+    drop(tx);
+    let written = disk.await.map_err(|e| {
+        FetchErrorKind::Store(BlobError::Io {
+            op: "join the writer thread for",
+            path: store.partial_path(&hash),
+            source: io::Error::other(e.to_string()),
+        })
+    })?;
+    match (received, written) {
+        // A disk error explains a failed send on the channel better than the send does.
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(()), Ok(())) => Ok(store.path(&hash)),
+    }
+}
+
+/// Opens a resumable writer, restarting when the partial file is already over the limit.
+async fn open_writer(
+    store: &BlobStore,
+    hash: ContentHash,
+    max_size: u64,
+) -> Result<BlobWriter, FetchErrorKind> {
+    let store = store.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let writer = BlobWriter::resume(&store, hash)?;
+        if writer.offset() > max_size {
+            writer.discard();
+            return BlobWriter::resume(&store, hash);
+        }
+        Ok(writer)
+    })
+    .await;
+    match joined {
+        Ok(result) => result.map_err(FetchErrorKind::Store),
+        Err(e) => Err(FetchErrorKind::Store(BlobError::Io {
+            op: "re-hash the partial download of",
+            path: PathBuf::from(hash.to_string()),
+            source: io::Error::other(e.to_string()),
+        })),
+    }
+}
+
+/// Reads exactly `len` bytes from the stream into the channel.
+async fn receive(
+    stream: &mut (impl AsyncRead + Unpin),
+    len: u64,
+    tx: &mpsc::Sender<Vec<u8>>,
+) -> Result<(), FetchErrorKind> {
+    let mut got = 0u64;
+    while got < len {
+        let want = usize::try_from(len - got).map_or(CHUNK, |l| l.min(CHUNK));
+        let mut buf = vec![0u8; want];
+        let n = stalled_fetch(stream.read(&mut buf))
+            .await?
+            .map_err(FetchErrorKind::Io)?;
+        if n == 0 {
+            return Err(FetchErrorKind::Truncated { got, expected: len });
+        }
+        buf.truncate(n);
+        got += n as u64;
+        if tx.send(buf).await.is_err() {
+            // The writer stopped; its own error is reported instead.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The writer thread: appends chunks, and finishes (verifies and renames) only when told
+/// the content is complete; otherwise the partial file stays for a later resume.
+fn write_chunks(
+    mut writer: BlobWriter,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+    hash: ContentHash,
+) -> Result<(), FetchErrorKind> {
+    while let Some(chunk) = rx.blocking_recv() {
+        writer.write_chunk(&chunk).map_err(FetchErrorKind::Store)?;
+    }
+    if done.try_recv().is_err() {
+        return Ok(()); // interrupted: dropping the writer keeps the partial file
+    }
+    match writer.finish(Some(hash)) {
+        Ok(_) => Ok(()),
+        Err(BlobError::Mismatch { actual, .. }) => Err(FetchErrorKind::Mismatch { actual }),
+        Err(e) => Err(FetchErrorKind::Store(e)),
+    }
+}
+
+/// Writes one length-prefixed frame.
+async fn write_frame(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Reads one length-prefixed frame, refusing one longer than `limit` before reading it.
+async fn read_frame(stream: &mut (impl AsyncRead + Unpin), limit: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit of {limit}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn stalled<T>(f: impl Future<Output = T>) -> io::Result<T> {
+    tokio::time::timeout(STALL_TIMEOUT, f)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer made no progress"))
+}
+
+async fn stalled_fetch<T>(f: impl Future<Output = T>) -> Result<T, FetchErrorKind> {
+    tokio::time::timeout(STALL_TIMEOUT, f)
+        .await
+        .map_err(|_| FetchErrorKind::Stalled(STALL_TIMEOUT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One request served over an in-memory duplex pipe, without a swarm.
+    async fn serve_over_pipe(store: &BlobStore, req: &BlobRequest) -> (Header, Vec<u8>) {
+        use tokio_util_compat::Compat;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let store2 = store.clone();
+        let server = tokio::spawn(async move {
+            let _ = serve_one(Compat::new(server), &store2).await;
+        });
+        let mut client = Compat::new(client);
+        write_frame(&mut client, &cbor::to_vec(req)).await.unwrap();
+        let header = read_frame(&mut client, MAX_HEADER).await.unwrap();
+        let header: Header = cbor::from_slice(&header, MAX_HEADER).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        server.await.unwrap();
+        (header, rest)
+    }
+
+    /// A minimal tokio → futures I/O adapter for the pipe tests.
+    mod tokio_util_compat {
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+
+        pub struct Compat<T>(T);
+
+        impl<T> Compat<T> {
+            pub fn new(inner: T) -> Self {
+                Self(inner)
+            }
+        }
+
+        impl<T: tokio::io::AsyncRead + Unpin> futures::AsyncRead for Compat<T> {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut [u8],
+            ) -> Poll<std::io::Result<usize>> {
+                let mut rb = tokio::io::ReadBuf::new(buf);
+                match Pin::new(&mut self.0).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+
+        impl<T: tokio::io::AsyncWrite + Unpin> futures::AsyncWrite for Compat<T> {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                Pin::new(&mut self.0).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.0).poll_flush(cx)
+            }
+            fn poll_close(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.0).poll_shutdown(cx)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_from_an_offset_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let hash = store.import_bytes(&data).unwrap();
+
+        let (header, rest) = serve_over_pipe(&store, &BlobRequest { hash, offset: 0 }).await;
+        assert_eq!(header, Header::Ok { size: 100_000 });
+        assert!(rest == data, "whole blob served");
+
+        let (header, rest) = serve_over_pipe(
+            &store,
+            &BlobRequest {
+                hash,
+                offset: 99_000,
+            },
+        )
+        .await;
+        assert_eq!(header, Header::Ok { size: 100_000 });
+        assert!(rest == data[99_000..], "tail served");
+
+        let (header, _) = serve_over_pipe(
+            &store,
+            &BlobRequest {
+                hash,
+                offset: 100_001,
+            },
+        )
+        .await;
+        assert!(matches!(header, Header::Error(r) if r.contains("past the end")));
+
+        let missing = ContentHash::of(b"missing");
+        let (header, _) = serve_over_pipe(
+            &store,
+            &BlobRequest {
+                hash: missing,
+                offset: 0,
+            },
+        )
+        .await;
+        assert_eq!(header, Header::NotFound);
+    }
+
+    #[tokio::test]
+    async fn oversized_request_frame_is_refused() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut server = tokio_util_compat::Compat::new(server);
+        let mut client = tokio_util_compat::Compat::new(client);
+        client.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        let err = read_frame(&mut server, BlobRequest::MAX_SIZE)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}

@@ -1,0 +1,28 @@
+//! The node's networking: the libp2p swarm and everything spoken over it.
+//!
+//! - [`swarm`]: [`build_swarm`] (identity = node key, TCP + noise + yamux, QUIC with the
+//!   `quic` feature), [`NetConfig`], the gossip topic names;
+//! - [`behaviour`]: the composed [`Behaviour`] (gossipsub, request-response, Kademlia,
+//!   identify, ping, libp2p-stream, optional mDNS) and its [`BehaviourEvent`];
+//! - [`codec`]: the `/barn/rpc/1` [`Request`]/[`Response`] types and their size-limited
+//!   ciborium codec;
+//! - [`blobs`]: blob transfer over `/barn/blob/1` streams ([`blobs::serve`],
+//!   [`blobs::fetch`]).
+//!
+//! This module has no task of its own: the daemon's actor owns the swarm, polls it in its
+//! `select!` loop, and spawns the blob server with a `libp2p_stream::Control` taken from
+//! `swarm.behaviour().stream.new_control()`.
+
+pub mod behaviour;
+pub mod blobs;
+pub mod codec;
+pub mod swarm;
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+pub use codec::{Request, Response};
+pub use swarm::{
+    NetConfig, NetError, TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, build_swarm, topic,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,511 @@
+//! The content-addressed blob store: sources, outputs, logs and images, each a file named
+//! by its blake3 hash.
+//!
+//! ```text
+//! <dir>/ab/ab12…ef          a finished blob, fanned out by the first two hex digits
+//! <dir>/tmp/<random>.tmp    an anonymous write in progress (deleted on drop)
+//! <dir>/tmp/<hex>.partial   a resumable download of a known hash (kept on drop)
+//! ```
+//!
+//! Nothing enters the store unverified: a [`BlobWriter`] hashes while it writes and only
+//! renames its temp file into place when the hash is the one expected. The temp files live
+//! inside the store directory so the rename is atomic (same file system).
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use barn_protocol::ContentHash;
+
+/// Why a blob operation failed. Every variant names the hash or the path involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    #[error("failed to {op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("blob {0} is not in the store")]
+    NotFound(ContentHash),
+    #[error("blob content hashes to {actual}, expected {expected}")]
+    Mismatch {
+        expected: ContentHash,
+        actual: ContentHash,
+    },
+    #[error("blob {0} is already being written by another download")]
+    Busy(ContentHash),
+}
+
+impl BlobError {
+    fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::Io { op, path, source }
+    }
+}
+
+/// A directory of blobs. Cheap to clone; clones share the set of downloads in progress.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    tmp: PathBuf,
+    /// Hashes with a resumable writer open, so two downloads never append to one file.
+    writing: Mutex<HashSet<ContentHash>>,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let dir = dir.into();
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp).map_err(BlobError::io("create blob directory", &tmp))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir,
+                tmp,
+                writing: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Where the blob `hash` lives (whether or not it is there).
+    pub fn path(&self, hash: &ContentHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.inner.dir.join(&hex[..2]).join(hex)
+    }
+
+    /// Where a resumable download of `hash` keeps its bytes so far.
+    pub fn partial_path(&self, hash: &ContentHash) -> PathBuf {
+        self.inner.tmp.join(format!("{}.partial", hash.to_hex()))
+    }
+
+    /// Whether the blob is in the store.
+    pub fn has(&self, hash: &ContentHash) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// The blob's size in bytes.
+    pub fn size(&self, hash: &ContentHash) -> Result<u64, BlobError> {
+        let path = self.path(hash);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::NotFound(*hash)),
+            Err(e) => Err(BlobError::io("read metadata of", &path)(e)),
+        }
+    }
+
+    /// Opens the blob for reading.
+    pub fn open_read(&self, hash: &ContentHash) -> Result<File, BlobError> {
+        let path = self.path(hash);
+        match File::open(&path) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::NotFound(*hash)),
+            Err(e) => Err(BlobError::io("open blob", &path)(e)),
+        }
+    }
+
+    /// Copies the file at `path` into the store, hashing as it goes.
+    pub fn import_file(&self, path: &Path) -> Result<ContentHash, BlobError> {
+        let mut src = File::open(path).map_err(BlobError::io("open", path))?;
+        let mut writer = BlobWriter::new(self)?;
+        copy(&mut src, &mut writer, path)?;
+        writer.finish(None)
+    }
+
+    /// Stores `bytes`.
+    pub fn import_bytes(&self, bytes: &[u8]) -> Result<ContentHash, BlobError> {
+        let mut writer = BlobWriter::new(self)?;
+        writer.write_chunk(bytes)?;
+        writer.finish(None)
+    }
+
+    /// Removes a blob (absent is fine).
+    pub fn remove(&self, hash: &ContentHash) -> Result<(), BlobError> {
+        let path = self.path(hash);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlobError::io("remove blob", &path)(e)),
+        }
+    }
+
+    fn claim(&self, hash: ContentHash) -> Result<(), BlobError> {
+        let mut set = self
+            .inner
+            .writing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if set.insert(hash) {
+            Ok(())
+        } else {
+            Err(BlobError::Busy(hash))
+        }
+    }
+
+    fn release(&self, hash: &ContentHash) {
+        self.inner
+            .writing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(hash);
+    }
+}
+
+fn copy(src: &mut impl Read, writer: &mut BlobWriter, path: &Path) -> Result<(), BlobError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BlobError::io("read", path)(e)),
+        };
+        writer.write_chunk(&buf[..n])?;
+    }
+}
+
+/// Writes one blob into the store: a temp file, hashed while written, renamed into place
+/// by [`finish`](Self::finish) only if its hash is the one expected.
+///
+/// An anonymous writer ([`new`](Self::new)) deletes its temp file when dropped unfinished. A
+/// resumable writer ([`resume`](Self::resume)) keeps the bytes received so far when dropped,
+/// so that a later download of the same hash continues from [`offset`](Self::offset); it
+/// deletes them when the finished content does not match.
+#[derive(Debug)]
+pub struct BlobWriter {
+    store: BlobStore,
+    file: Option<BufWriter<File>>,
+    temp: PathBuf,
+    hasher: blake3::Hasher,
+    len: u64,
+    /// The hash a resumable writer was opened for.
+    resumes: Option<ContentHash>,
+}
+
+impl BlobWriter {
+    /// A writer for content whose hash is not known in advance.
+    pub fn new(store: &BlobStore) -> Result<Self, BlobError> {
+        let name = format!("{}.tmp", hex_of(&barn_protocol::message::random_bytes()),);
+        let temp = store.inner.tmp.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(BlobError::io("create temp file", &temp))?;
+        Ok(Self {
+            store: store.clone(),
+            file: Some(BufWriter::with_capacity(256 * 1024, file)),
+            temp,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            resumes: None,
+        })
+    }
+
+    /// A writer for the blob `hash`, continuing the partial file an earlier, interrupted
+    /// download left (the bytes already there are re-hashed). Fails with
+    /// [`BlobError::Busy`] while another writer for the same hash is open.
+    pub fn resume(store: &BlobStore, hash: ContentHash) -> Result<Self, BlobError> {
+        store.claim(hash)?;
+        match Self::open_partial(store, hash) {
+            Ok(writer) => Ok(writer),
+            Err(e) => {
+                store.release(&hash);
+                Err(e)
+            }
+        }
+    }
+
+    fn open_partial(store: &BlobStore, hash: ContentHash) -> Result<Self, BlobError> {
+        let temp = store.partial_path(&hash);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&temp)
+            .map_err(BlobError::io("open partial file", &temp))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut len = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(BlobError::io("read partial file", &temp)(e)),
+            };
+            hasher.update(&buf[..n]);
+            len += n as u64;
+        }
+        Ok(Self {
+            store: store.clone(),
+            file: Some(BufWriter::with_capacity(256 * 1024, file)),
+            temp,
+            hasher,
+            len,
+            resumes: Some(hash),
+        })
+    }
+
+    /// Bytes written so far, including those a resumed download already had.
+    pub fn offset(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends `bytes`.
+    pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(BlobError::io("write to finished", &self.temp)(
+                io::ErrorKind::BrokenPipe.into(),
+            ));
+        };
+        file.write_all(bytes)
+            .map_err(BlobError::io("write temp file", &self.temp))?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies the content against `expected` (or, for a resumable writer, the hash it was
+    /// opened for), then moves it into the store. On a mismatch the temp file is deleted and
+    /// nothing enters the store.
+    pub fn finish(mut self, expected: Option<ContentHash>) -> Result<ContentHash, BlobError> {
+        let actual = ContentHash::from(self.hasher.finalize());
+        let file = self.file.take();
+        for wanted in [expected, self.resumes].into_iter().flatten() {
+            if wanted != actual {
+                drop(file);
+                self.delete_temp();
+                return Err(BlobError::Mismatch {
+                    expected: wanted,
+                    actual,
+                });
+            }
+        }
+        if let Some(file) = file {
+            let file = file
+                .into_inner()
+                .map_err(|e| BlobError::io("flush temp file", &self.temp)(e.into_error()))?;
+            file.sync_all()
+                .map_err(BlobError::io("sync temp file", &self.temp))?;
+        }
+        let dest = self.store.path(&actual);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(BlobError::io("create blob directory", parent))?;
+        }
+        if let Err(e) = fs::rename(&self.temp, &dest) {
+            self.delete_temp();
+            return Err(BlobError::io("move blob into place at", &dest)(e));
+        }
+        self.release_claim();
+        Ok(actual)
+    }
+
+    /// Gives up: deletes the temp file, also for a resumable writer.
+    pub fn discard(mut self) {
+        self.file = None;
+        self.delete_temp();
+    }
+
+    fn delete_temp(&mut self) {
+        if let Err(e) = fs::remove_file(&self.temp)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.temp.display(), "failed to delete temp blob: {e}");
+        }
+        self.release_claim();
+    }
+
+    fn release_claim(&mut self) {
+        if let Some(hash) = self.resumes.take() {
+            self.store.release(&hash);
+        }
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_chunk(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        match self.file.take() {
+            // Unfinished: a resumable download keeps what it has (if anything), an
+            // anonymous write goes.
+            Some(mut file) if self.resumes.is_some() && self.len > 0 => {
+                if let Err(e) = file.flush() {
+                    tracing::warn!(path = %self.temp.display(), "failed to flush partial blob: {e}");
+                }
+                self.release_claim();
+            }
+            Some(file) => {
+                drop(file);
+                self.delete_temp();
+            }
+            // Finished or discarded: nothing left to clean.
+            None => self.release_claim(),
+        }
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, BlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        (dir, store)
+    }
+
+    fn temp_files(store: &BlobStore) -> Vec<PathBuf> {
+        fs::read_dir(store.dir().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    #[test]
+    fn import_and_read_back() {
+        let (_dir, store) = store();
+        let data = vec![42u8; 300_000];
+        let hash = store.import_bytes(&data).unwrap();
+        assert_eq!(hash, ContentHash::of(&data));
+        assert!(store.has(&hash));
+        assert_eq!(store.size(&hash).unwrap(), 300_000);
+        let path = store.path(&hash);
+        assert_eq!(
+            path.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            &hash.to_hex()[..2]
+        );
+        let mut back = Vec::new();
+        store
+            .open_read(&hash)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+        assert!(temp_files(&store).is_empty());
+    }
+
+    #[test]
+    fn import_file_and_empty_blob() {
+        let (dir, store) = store();
+        let src = dir.path().join("src.bin");
+        fs::write(&src, b"some source bytes").unwrap();
+        let hash = store.import_file(&src).unwrap();
+        assert_eq!(hash, ContentHash::of(b"some source bytes"));
+        let empty = store.import_bytes(b"").unwrap();
+        assert_eq!(store.size(&empty).unwrap(), 0);
+    }
+
+    #[test]
+    fn missing_blob_is_named() {
+        let (_dir, store) = store();
+        let hash = ContentHash::of(b"nope");
+        assert!(!store.has(&hash));
+        assert!(matches!(store.size(&hash), Err(BlobError::NotFound(h)) if h == hash));
+        let err = store.open_read(&hash).unwrap_err();
+        assert!(err.to_string().contains(&hash.to_string()));
+    }
+
+    #[test]
+    fn mismatch_leaves_nothing() {
+        let (_dir, store) = store();
+        let mut w = BlobWriter::new(&store).unwrap();
+        w.write_chunk(b"actual").unwrap();
+        let expected = ContentHash::of(b"expected");
+        let err = w.finish(Some(expected)).unwrap_err();
+        assert!(matches!(err, BlobError::Mismatch { expected: e, .. } if e == expected));
+        assert!(!store.has(&ContentHash::of(b"actual")));
+        assert!(temp_files(&store).is_empty());
+    }
+
+    #[test]
+    fn dropped_anonymous_writer_deletes_its_temp() {
+        let (_dir, store) = store();
+        let mut w = BlobWriter::new(&store).unwrap();
+        w.write_chunk(b"half").unwrap();
+        drop(w);
+        assert!(temp_files(&store).is_empty());
+    }
+
+    #[test]
+    fn resume_continues_a_partial_download() {
+        let (_dir, store) = store();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let hash = ContentHash::of(&data);
+
+        let mut w = BlobWriter::resume(&store, hash).unwrap();
+        assert_eq!(w.offset(), 0);
+        w.write_chunk(&data[..70_000]).unwrap();
+        // A second download of the same hash must wait.
+        assert!(matches!(
+            BlobWriter::resume(&store, hash),
+            Err(BlobError::Busy(_))
+        ));
+        drop(w); // the connection broke
+        assert_eq!(
+            fs::metadata(store.partial_path(&hash)).unwrap().len(),
+            70_000
+        );
+
+        let mut w = BlobWriter::resume(&store, hash).unwrap();
+        assert_eq!(w.offset(), 70_000);
+        w.write_chunk(&data[70_000..]).unwrap();
+        assert_eq!(w.finish(None).unwrap(), hash);
+        assert!(store.has(&hash));
+        assert!(temp_files(&store).is_empty());
+        // The claim was released.
+        BlobWriter::resume(&store, hash).unwrap().discard();
+    }
+
+    #[test]
+    fn resumed_garbage_is_dropped_on_mismatch() {
+        let (_dir, store) = store();
+        let hash = ContentHash::of(b"the real content");
+        fs::write(store.partial_path(&hash), b"garbage").unwrap();
+        let mut w = BlobWriter::resume(&store, hash).unwrap();
+        assert_eq!(w.offset(), 7);
+        w.write_chunk(b" content").unwrap();
+        assert!(matches!(
+            w.finish(None),
+            Err(BlobError::Mismatch { expected, .. }) if expected == hash
+        ));
+        assert!(!store.partial_path(&hash).exists());
+        assert!(!store.has(&hash));
+    }
+}
