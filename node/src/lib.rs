@@ -13,3 +13,4 @@ pub mod net;
 pub mod runner;
 pub mod sched;
 pub mod store;
+pub mod verify;

@@ -1,6 +1,8 @@
 //! Helpers for barn's integration tests: locating the `barn` binary, running it, and
 //! making source trees.
 
+pub mod farm;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;

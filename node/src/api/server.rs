@@ -439,3 +439,358 @@ fn escape_label(v: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::api::client::ApiClient;
+    use crate::api::types::{JobView, LeaseView};
+    use crate::daemon::handle::Command;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn job_id() -> String {
+        format!("b3:{}", "ab".repeat(32))
+    }
+
+    fn job_view(state: &str) -> JobView {
+        JobView {
+            id: job_id(),
+            image: "tiny-x86_64".into(),
+            arch: "x86_64".into(),
+            replicas: 3,
+            state: state.into(),
+            results: 2,
+            succeeded: 1,
+            created: 1,
+            mine: true,
+            submitter: "ed25519:00".into(),
+        }
+    }
+
+    /// Answers the actor's commands the way a small farm would.
+    async fn fake_actor(mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Status(r) => {
+                    let _ = r.send(StatusView {
+                        node: "12D3KooWselfnode".into(),
+                        version: "0.1.0".into(),
+                        listen: vec![],
+                        peers: 2,
+                        slots: 4,
+                        free_slots: 3,
+                        accel: "tcg".into(),
+                        images: BTreeMap::new(),
+                    });
+                }
+                Command::Nodes(r) => {
+                    let node = |id: &str| NodeView {
+                        node: id.into(),
+                        is_self: false,
+                        connected: true,
+                        version: "0.1.0".into(),
+                        archs: vec!["x86_64 (tcg)".into()],
+                        cpus: 2,
+                        memory_bytes: 1 << 30,
+                        free_slots: 1,
+                        total_slots: 1,
+                        images: BTreeMap::new(),
+                        addrs: vec![],
+                        last_seen: 1,
+                        agreements: 5,
+                        disagreements: 1,
+                    };
+                    let _ = r.send(vec![node("12D3KooWselfnode"), node("12D3KooWother\"1")]);
+                }
+                Command::Jobs(r) => {
+                    let _ = r.send(vec![
+                        job_view("open"),
+                        job_view("complete"),
+                        job_view("complete"),
+                    ]);
+                }
+                Command::Job(id, r) => {
+                    let answer = if id == job_id() || job_id()[3..].starts_with(&id) {
+                        Ok(JobDetail {
+                            job: job_view("running"),
+                            envelope: String::new(),
+                            leases: vec![LeaseView {
+                                node: "12D3KooWselfnode".into(),
+                                state: "active".into(),
+                                granted: 1,
+                                expires: 2,
+                            }],
+                            results: vec![],
+                        })
+                    } else {
+                        Err(format!("no job matches {id}"))
+                    };
+                    let _ = r.send(answer);
+                }
+                Command::Submit(bytes, r) => {
+                    let _ = r.send(if bytes == b"job" {
+                        Ok(job_id())
+                    } else {
+                        Err("the envelope is not a signed job".into())
+                    });
+                }
+                Command::Fetch { reply, .. } => {
+                    let _ = reply.send(Err("no peer has the blob".into()));
+                }
+            }
+        }
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn start() -> Server {
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(fake_actor(rx));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            NodeHandle::new(tx),
+            listener,
+            TOKEN.into(),
+            stop.clone(),
+        ));
+        Server { addr, stop, task }
+    }
+
+    /// One raw HTTP/1.1 exchange; returns the status and the body.
+    async fn raw(addr: SocketAddr, head: &str, body: Vec<u8>) -> (u16, String) {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{head}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let (mut rd, mut wr) = conn.split();
+        let send = async {
+            // The server may answer and close before reading a refused body.
+            let _ = wr.write_all(req.as_bytes()).await;
+            let _ = wr.write_all(&body).await;
+        };
+        let mut out = Vec::new();
+        let recv = async {
+            let _ = rd.read_to_end(&mut out).await;
+        };
+        tokio::join!(send, recv);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn auth() -> String {
+        format!("Authorization: Bearer {TOKEN}")
+    }
+
+    #[tokio::test]
+    async fn requests_need_the_token() {
+        let s = start().await;
+        let (code, body) = raw(s.addr, "GET /api/status HTTP/1.1", vec![]).await;
+        assert_eq!(code, 401);
+        assert!(body.contains("missing or wrong API token"), "{body}");
+        let wrong = format!("GET /api/status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}0");
+        assert_eq!(raw(s.addr, &wrong, vec![]).await.0, 401);
+        let (code, _) = raw(s.addr, "GET /metrics HTTP/1.1", vec![]).await;
+        assert_eq!(code, 401);
+        let (code, body) = raw(
+            s.addr,
+            &format!("GET /api/status HTTP/1.1\r\n{}", auth()),
+            vec![],
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"free_slots\":3"), "{body}");
+
+        // The CLI's client, with the token and without.
+        let addr = s.addr.to_string();
+        let (status, refused) = tokio::task::spawn_blocking(move || {
+            (
+                ApiClient::new(&addr, TOKEN).status(),
+                ApiClient::new(&addr, "nope").nodes(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.unwrap().peers, 2);
+        assert!(refused.unwrap_err().to_string().contains("API token"));
+    }
+
+    #[tokio::test]
+    async fn unknown_job_is_404_with_the_actors_message() {
+        let s = start().await;
+        let (code, body) = raw(
+            s.addr,
+            &format!("GET /api/jobs/ffff HTTP/1.1\r\n{}", auth()),
+            vec![],
+        )
+        .await;
+        assert_eq!(code, 404);
+        let err: ApiError = serde_json::from_str(&body).unwrap();
+        assert_eq!(err.error, "no job matches ffff");
+
+        let addr = s.addr.to_string();
+        let (found, missing) = tokio::task::spawn_blocking(move || {
+            let c = ApiClient::new(&addr, TOKEN);
+            (c.job("abab"), c.job("ffff"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(found.unwrap().job.id, job_id());
+        assert_eq!(missing.unwrap_err().to_string(), "no job matches ffff");
+    }
+
+    #[tokio::test]
+    async fn submit_and_fetch_map_errors() {
+        let s = start().await;
+        let addr = s.addr.to_string();
+        let (ok, refused, fetched, bad_hash) = tokio::task::spawn_blocking(move || {
+            let c = ApiClient::new(&addr, TOKEN);
+            let hash = ContentHash::of(b"x").to_string();
+            (
+                c.submit(b"job"),
+                c.submit(b"other"),
+                c.fetch(&hash, None),
+                c.fetch("b3:zz", None),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(ok.unwrap(), job_id());
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "the envelope is not a signed job"
+        );
+        assert_eq!(fetched.unwrap_err().to_string(), "no peer has the blob");
+        assert!(
+            bad_hash
+                .unwrap_err()
+                .to_string()
+                .contains("is not a content hash")
+        );
+
+        let hash = ContentHash::of(b"x");
+        let body = format!(r#"{{"hash":"{hash}","node":null}}"#).into_bytes();
+        let head = format!(
+            "POST /api/fetch HTTP/1.1\r\n{}\r\nContent-Type: application/json",
+            auth()
+        );
+        assert_eq!(raw(s.addr, &head, body).await.0, 502);
+        let head = format!(
+            "POST /api/submit HTTP/1.1\r\n{}\r\nContent-Type: application/json",
+            auth()
+        );
+        let (code, body) = raw(s.addr, &head, br#"{"envelope":"xyz"}"#.to_vec()).await;
+        assert_eq!(code, 400);
+        assert!(body.contains("not hex"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn oversized_submit_is_refused() {
+        let s = start().await;
+        let mut body = br#"{"envelope":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'a', MAX_BODY + 16));
+        body.extend(br#""}"#);
+        let head = format!(
+            "POST /api/submit HTTP/1.1\r\n{}\r\nContent-Type: application/json",
+            auth()
+        );
+        let (code, body) = raw(s.addr, &head, body).await;
+        assert_eq!(code, 413, "{body}");
+        assert!(body.contains("over the limit"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text() {
+        let s = start().await;
+        let (code, body) = raw(
+            s.addr,
+            &format!("GET /metrics HTTP/1.1\r\n{}", auth()),
+            vec![],
+        )
+        .await;
+        assert_eq!(code, 200);
+        for line in [
+            "# HELP barn_peers Connected peers.",
+            "# TYPE barn_peers gauge",
+            "barn_peers 2",
+            "barn_free_slots 3",
+            "barn_slots 4",
+            "barn_known_nodes 2",
+            "barn_jobs{state=\"open\"} 1",
+            "barn_jobs{state=\"complete\"} 2",
+            "barn_jobs{state=\"expired\"} 0",
+            "barn_results_total 6",
+            "barn_results_succeeded_total 3",
+            "barn_info{node=\"12D3KooWselfnode\",version=\"0.1.0\"} 1",
+            "barn_node_agreements{node=\"12D3KooWother\\\"1\"} 5",
+        ] {
+            assert!(
+                body.lines().any(|l| l == line),
+                "missing {line:?} in\n{body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn page_needs_the_token_and_embeds_it() {
+        let s = start().await;
+        let (code, body) = raw(s.addr, "GET / HTTP/1.1", vec![]).await;
+        assert_eq!(code, 401);
+        assert!(!body.contains(TOKEN));
+        let (code, _) = raw(s.addr, "GET /?token=%3Cscript%3E HTTP/1.1", vec![]).await;
+        assert_eq!(code, 401);
+        let (code, body) = raw(s.addr, &format!("GET /?token={TOKEN} HTTP/1.1"), vec![]).await;
+        assert_eq!(code, 200);
+        assert!(
+            body.contains(&format!("const TOKEN = \"{TOKEN}\";")),
+            "{body}"
+        );
+        assert!(!body.contains("__BARN_TOKEN__"));
+        let (code, body) = raw(s.addr, &format!("GET /nope HTTP/1.1\r\n{}", auth()), vec![]).await;
+        assert_eq!(code, 404);
+        assert!(body.contains("no such endpoint"));
+    }
+
+    #[tokio::test]
+    async fn stops_when_cancelled() {
+        let s = start().await;
+        s.stop.cancel();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), s.task).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+        assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
+    }
+
+    #[test]
+    fn client_explains_a_missing_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ApiClient::from_data_dir(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("no barn node is running with data dir"),
+            "{err}"
+        );
+        assert!(err.contains("barn node"), "{err}");
+    }
+}

@@ -129,7 +129,12 @@ pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
         copy_verified(Path::new(&blob.path), &out, e, hash)?;
         bytes += e.size;
         if !args.json {
-            println!("  {:<40} {:>9}  {}", e.path, show_size(e.size), hash.short());
+            println!(
+                "  {:<40} {:>9}  {}",
+                e.path,
+                show_size(e.size),
+                hash.short()
+            );
         }
         written.push(describe(e));
     }
@@ -265,7 +270,10 @@ fn verified_result(detail: &JobDetail, view: &ResultView) -> Result<BuildResult>
         );
     }
     if result.job.to_string() != detail.job.id {
-        bail!("node {who}'s signed result is for job {}, not this one", result.job);
+        bail!(
+            "node {who}'s signed result is for job {}, not this one",
+            result.job
+        );
     }
     if result.manifest.root() != result.manifest_root {
         bail!("node {who}'s signed manifest does not hash to its manifest root");
@@ -306,7 +314,10 @@ impl<'a> Plan<'a> {
             let mut prefix = String::new();
             for part in e.path.split('/') {
                 if !prefix.is_empty() && links.contains(prefix.as_str()) {
-                    bail!("{:?} in the manifest lies below the link {prefix:?}", e.path);
+                    bail!(
+                        "{:?} in the manifest lies below the link {prefix:?}",
+                        e.path
+                    );
                 }
                 if !prefix.is_empty() {
                     prefix.push('/');
@@ -392,7 +403,9 @@ fn copy_verified(src: &Path, out: &Path, e: &Entry, want: ContentHash) -> Result
             Ok(0) => break,
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err).with_context(|| format!("failed to read {}", src.display())),
+            Err(err) => {
+                return Err(err).with_context(|| format!("failed to read {}", src.display()));
+            }
         };
         hasher.update(&buf[..n]);
         writer
@@ -429,7 +442,10 @@ fn make_link(out: &Path, e: &Entry) -> Result<()> {
 
 #[cfg(not(unix))]
 fn make_link(_out: &Path, e: &Entry) -> Result<()> {
-    bail!("{} is a symbolic link, which this platform's barn does not make", e.path)
+    bail!(
+        "{} is a symbolic link, which this platform's barn does not make",
+        e.path
+    )
 }
 
 #[cfg(test)]
@@ -487,12 +503,27 @@ mod tests {
 
     #[test]
     fn nodes_resolve_by_full_id_prefix_or_suffix() {
-        let d = detail(&[("12D3KooWaaaa1111", "failed"), ("12D3KooWbbbb2222", "succeeded")]);
-        assert_eq!(pick_result(&d, "12D3KooWaaaa1111").unwrap().node, "12D3KooWaaaa1111");
-        assert_eq!(pick_result(&d, "bbbb2222").unwrap().node, "12D3KooWbbbb2222");
-        assert_eq!(pick_result(&d, "12D3KooWa").unwrap().node, "12D3KooWaaaa1111");
+        let d = detail(&[
+            ("12D3KooWaaaa1111", "failed"),
+            ("12D3KooWbbbb2222", "succeeded"),
+        ]);
+        assert_eq!(
+            pick_result(&d, "12D3KooWaaaa1111").unwrap().node,
+            "12D3KooWaaaa1111"
+        );
+        assert_eq!(
+            pick_result(&d, "bbbb2222").unwrap().node,
+            "12D3KooWbbbb2222"
+        );
+        assert_eq!(
+            pick_result(&d, "12D3KooWa").unwrap().node,
+            "12D3KooWaaaa1111"
+        );
         let ambiguous = pick_result(&d, "12D3KooW").unwrap_err().to_string();
-        assert!(ambiguous.contains("several") && ambiguous.contains("aaaa1111"), "{ambiguous}");
+        assert!(
+            ambiguous.contains("several") && ambiguous.contains("aaaa1111"),
+            "{ambiguous}"
+        );
         let unknown = pick_result(&d, "zzzz").unwrap_err().to_string();
         assert!(unknown.contains("12D3KooWbbbb2222"), "{unknown}");
         assert_eq!(first_succeeded(&d).unwrap().node, "12D3KooWbbbb2222");
@@ -538,10 +569,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(out.join("bin/tool")).unwrap().permissions().mode();
+            let mode = fs::metadata(out.join("bin/tool"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o111, 0o111);
         }
-        let e2 = Entry { path: "other".into(), ..e };
+        let e2 = Entry {
+            path: "other".into(),
+            ..e
+        };
         let err = copy_verified(&src, &out, &e2, ContentHash::of(b"bye")).unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
         assert!(!out.join("other").exists());

@@ -42,7 +42,7 @@ pub fn run(args: JobsArgs, dirs: &Dirs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
     }
-    jobs.sort_by(|a, b| b.created.cmp(&a.created));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.created));
     print!("{}", jobs_table(&jobs, now()));
     Ok(ExitCode::SUCCESS)
 }
@@ -285,11 +285,19 @@ mod tests {
         let d = detail(vec![result("a", "succeeded", "aa")]);
         let t = jobs_table(&[d.job], 1000);
         assert!(t.starts_with("ID "), "{t}");
-        assert!(
-            t.lines()
-                .nth(1)
-                .is_some_and(|l| l.starts_with("abababababab  tiny-x86_64  x86_64  running  1/3  1m ago  yes")),
-            "{t}"
+        let row: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "abababababab",
+                "tiny-x86_64",
+                "x86_64",
+                "running",
+                "1/3",
+                "1m",
+                "ago",
+                "yes"
+            ]
         );
     }
 }

@@ -100,14 +100,23 @@ mod tests {
             disagreements: 1,
         };
         let t = nodes_table(
-            &[node("12D3KooWselfself", true), node("12D3KooWotherone", false)],
+            &[
+                node("12D3KooWselfself", true),
+                node("12D3KooWotherone", false),
+            ],
             1000,
         );
         let lines: Vec<_> = t.lines().collect();
         assert!(lines[0].starts_with("NODE"));
         assert!(lines[1].starts_with("selfself*"), "{t}");
-        assert!(lines[1].contains("16GiB") && lines[1].contains("1/2"), "{t}");
-        assert!(lines[2].starts_with("otherone") && lines[2].ends_with("12s ago"), "{t}");
+        assert!(
+            lines[1].contains("16GiB") && lines[1].contains("1/2"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("otherone") && lines[2].ends_with("12s ago"),
+            "{t}"
+        );
         assert!(lines[2].contains("4/1"), "{t}");
     }
 }

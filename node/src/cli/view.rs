@@ -36,7 +36,11 @@ pub fn short_hash(hash: &str) -> String {
 
 /// The 12 hex digits tables show for a job id.
 pub fn short_job(id: &str) -> String {
-    id.strip_prefix("b3:").unwrap_or(id).chars().take(12).collect()
+    id.strip_prefix("b3:")
+        .unwrap_or(id)
+        .chars()
+        .take(12)
+        .collect()
 }
 
 /// Renders rows under headers, columns padded to their widest cell, two spaces apart.
@@ -92,8 +96,14 @@ mod tests {
     fn short_forms() {
         assert_eq!(short_node("12D3KooWAbCdEfGh12345678"), "12345678");
         assert_eq!(short_node("abc"), "abc");
-        assert_eq!(short_job(&format!("b3:{}", "ab".repeat(32))), "abababababab");
-        assert_eq!(short_hash(&format!("b3:{}", "cd".repeat(32))), "b3:cdcdcdcdcdcd");
+        assert_eq!(
+            short_job(&format!("b3:{}", "ab".repeat(32))),
+            "abababababab"
+        );
+        assert_eq!(
+            short_hash(&format!("b3:{}", "cd".repeat(32))),
+            "b3:cdcdcdcdcdcd"
+        );
     }
 
     #[test]

@@ -1,0 +1,3 @@
+//! Verification: verdicts over a job's signed results, reputation, attestations.
+
+pub mod verdict;

@@ -1,0 +1,242 @@
+//! A farm of real `barn node` processes on 127.0.0.1: one submitter and N volunteers,
+//! connected by explicit addresses (no mDNS), each with its own directories. Dropping the
+//! farm stops every process (SIGTERM, then SIGKILL).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{barn_bin, shared_data_dir};
+
+/// One node process.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Node {
+    /// Runs a barn command against this node's directories.
+    pub fn barn(&self, args: &[&str]) -> Output {
+        Command::new(barn_bin())
+            .arg("--config-dir")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run barn: {e}"))
+    }
+
+    /// `barn status` fields via `barn nodes --json`' self entry is not needed: the API file
+    /// exists once the node serves.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.data.join("api.addr").exists() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "node {} exited: {st}\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not start",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node's peer id, from its key file.
+    pub fn peer_id(&self) -> String {
+        let out = self.barn(&["key", "show", "--node"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The node's listen address on 127.0.0.1 with its peer id, from its own advert.
+    pub fn multiaddr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.barn(&["nodes", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let me = v
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["is_self"] == true).cloned());
+            if let Some(me) = me {
+                let addr = me["addrs"].as_array().and_then(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .find(|x| x.contains("/ip4/127.0.0.1/"))
+                        .map(str::to_string)
+                });
+                if let Some(addr) = addr {
+                    return format!("{addr}/p2p/{}", me["node"].as_str().unwrap_or_default());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} advertised no address",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The farm.
+#[derive(Debug)]
+pub struct Farm {
+    pub submitter: Node,
+    pub volunteers: Vec<Node>,
+    pub project_key: String,
+    pub root: tempfile::TempDir,
+}
+
+fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
+    let config = root.join(name).join("config");
+    let data = root.join(name).join("data");
+    std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
+    let log = root.join(format!("{name}.log"));
+    let child = Command::new(barn_bin())
+        .arg("--config-dir")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "barn_node=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start barn node: {e}"));
+    let mut node = Node {
+        name: name.to_string(),
+        config,
+        data,
+        log,
+        child,
+    };
+    node.wait_ready();
+    node
+}
+
+/// Copies image `name` from the shared test data dir into `data` (hard links).
+fn give_image(name: &str, data: &Path) {
+    let shared = shared_data_dir().join("images");
+    let hash = std::fs::read_to_string(shared.join("by-name").join(name))
+        .unwrap_or_else(|e| panic!("image {name}: {e}"));
+    let hex = hash.trim().trim_start_matches("b3:").to_string();
+    let dest = data.join("images").join(&hex);
+    std::fs::create_dir_all(&dest).unwrap_or_else(|e| panic!("{e}"));
+    for e in std::fs::read_dir(shared.join(&hex)).unwrap_or_else(|e| panic!("{e}")) {
+        let e = e.unwrap_or_else(|e| panic!("{e}"));
+        let to = dest.join(e.file_name());
+        if std::fs::hard_link(e.path(), &to).is_err() {
+            std::fs::copy(e.path(), &to).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    std::fs::create_dir_all(data.join("images/by-name")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(data.join("images/by-name").join(name), hash).unwrap_or_else(|e| panic!("{e}"));
+}
+
+impl Farm {
+    /// A submitter holding `image` and `volunteers` volunteers that trust its project key
+    /// and have no images (they fetch the job's image from the submitter). `faulty` names
+    /// volunteers (1-based) started with the test-only output fault.
+    pub fn start(image: &str, volunteers: usize, faulty: &[usize]) -> Self {
+        crate::ensure_image(image);
+        let root = tempfile::Builder::new()
+            .prefix("barn-farm-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let accel = ["--accel".to_string(), "tcg".to_string()];
+        let submitter = spawn(root.path(), "submitter", &accel);
+        give_image(image, &submitter.data);
+        let made = submitter.barn(&["key", "new"]);
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let project_key = String::from_utf8_lossy(&made.stdout).trim().to_string();
+        let boot = submitter.multiaddr();
+        let mut vs = Vec::new();
+        for i in 1..=volunteers {
+            let mut extra = vec![
+                "--bootstrap".to_string(),
+                boot.clone(),
+                "--trust".into(),
+                project_key.clone(),
+            ];
+            extra.extend(accel.iter().cloned());
+            if faulty.contains(&i) {
+                extra.push("--fault-alter-outputs".into());
+            }
+            vs.push(spawn(root.path(), &format!("volunteer-{i}"), &extra));
+        }
+        let farm = Farm {
+            submitter,
+            volunteers: vs,
+            project_key,
+            root,
+        };
+        farm.wait_for_adverts(volunteers);
+        farm
+    }
+
+    /// Waits until the submitter has heard `n` other nodes' adverts.
+    pub fn wait_for_adverts(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.submitter.barn(&["nodes", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let others = v
+                .as_array()
+                .map(|a| a.iter().filter(|n| n["is_self"] == false).count())
+                .unwrap_or(0);
+            if others >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {others} of {n} volunteers reached the submitter"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
