@@ -1,6 +1,6 @@
 //! The v1 messages.
 //!
-//! Every message below except [`BlobRequest`] travels signed in an [`Envelope`]
+//! Every message below except [`BlobRequest`] travels signed in an [`Envelope`](crate::Envelope)
 //! (crate::envelope); the kind string and size limit of each are in its [`Message`] impl.
 //! Fields are encoded as a CBOR map keyed by the field names below, in this order.
 //! Versioning rule: within envelope version 1 a field may be added only with a default
@@ -355,6 +355,10 @@ pub struct TaskOutcome {
 /// Where the time went, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
+    /// From the grant to the VM's preparation: fetching the source and, if missing, the
+    /// image. Added within v1: absent (0) from `barn run` and from older nodes.
+    #[serde(default)]
+    pub fetch_ms: u64,
     pub prepare_ms: u64,
     pub boot_ms: u64,
     pub run_ms: u64,

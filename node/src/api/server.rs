@@ -518,9 +518,11 @@ mod tests {
                 Command::Job(id, r) => {
                     let answer = if id == job_id() || job_id()[3..].starts_with(&id) {
                         Ok(JobDetail {
+                            submitted_ms: None,
                             job: job_view("running"),
                             envelope: String::new(),
                             leases: vec![LeaseView {
+                                granted_ms: None,
                                 node: "12D3KooWselfnode".into(),
                                 state: "active".into(),
                                 granted: 1,

@@ -66,6 +66,9 @@ pub struct JobView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseView {
     pub node: String,
+    /// Unix milliseconds of the grant, when this coordinator saw it (not kept across restarts).
+    #[serde(default)]
+    pub granted_ms: Option<u64>,
     /// `active`, `done`, `expired` or `failed`.
     pub state: String,
     pub granted: u64,
@@ -98,6 +101,9 @@ pub struct ResultView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobDetail {
     pub job: JobView,
+    /// Unix milliseconds when this node accepted the submission (not kept across restarts).
+    #[serde(default)]
+    pub submitted_ms: Option<u64>,
     /// The signed `job` envelope, hex.
     pub envelope: String,
     pub leases: Vec<LeaseView>,

@@ -31,8 +31,8 @@ use crate::dirs::Dirs;
 pub struct LogArgs {
     /// The job: a full `b3:` id or a unique hex prefix.
     job: String,
-    /// The node whose log to print: a peer id, or a unique prefix or suffix of one (as
-    /// tables show it).
+    /// The node whose log to print: a peer id or a unique part of one (tables show the
+    /// last 8 characters).
     #[arg(long, short)]
     node: String,
 }
@@ -195,7 +195,7 @@ fn open(path: &Path) -> Result<File> {
     File::open(path).with_context(|| format!("failed to open {}", path.display()))
 }
 
-/// The result of node `wanted` (a peer id, or a unique prefix or suffix of one).
+/// The result of node `wanted`: a peer id, or a unique part of one.
 fn pick_result<'a>(detail: &'a JobDetail, wanted: &str) -> Result<&'a ResultView> {
     let wanted = wanted.trim();
     if let Some(r) = detail.results.iter().find(|r| r.node == wanted) {
@@ -207,7 +207,7 @@ fn pick_result<'a>(detail: &'a JobDetail, wanted: &str) -> Result<&'a ResultView
         detail
             .results
             .iter()
-            .filter(|r| r.node.starts_with(wanted) || r.node.ends_with(wanted))
+            .filter(|r| r.node.contains(wanted))
             .collect()
     };
     match matches.as_slice() {
@@ -466,6 +466,7 @@ mod tests {
 
     fn detail(nodes: &[(&str, &str)]) -> JobDetail {
         JobDetail {
+            submitted_ms: None,
             job: JobView {
                 id: format!("b3:{}", "ab".repeat(32)),
                 image: "tiny".into(),
@@ -502,7 +503,7 @@ mod tests {
     }
 
     #[test]
-    fn nodes_resolve_by_full_id_prefix_or_suffix() {
+    fn nodes_resolve_by_full_id_or_unique_part() {
         let d = detail(&[
             ("12D3KooWaaaa1111", "failed"),
             ("12D3KooWbbbb2222", "succeeded"),

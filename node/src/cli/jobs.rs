@@ -42,6 +42,10 @@ pub fn run(args: JobsArgs, dirs: &Dirs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
     }
+    if jobs.is_empty() {
+        println!("no jobs known to this node");
+        return Ok(ExitCode::SUCCESS);
+    }
     jobs.sort_by_key(|j| std::cmp::Reverse(j.created));
     print!("{}", jobs_table(&jobs, now()));
     Ok(ExitCode::SUCCESS)
@@ -93,7 +97,7 @@ fn job_text(d: &JobDetail, now: u64) -> String {
     let j = &d.job;
     let mut out = String::new();
     let mut field = |name: &str, value: String| {
-        out.push_str(&format!("{name:<11}{value}\n"));
+        out.push_str(&format!("{name:<12}{value}\n"));
     };
     field("id", j.id.clone());
     field("image", j.image.clone());
@@ -227,6 +231,7 @@ mod tests {
 
     fn detail(results: Vec<ResultView>) -> JobDetail {
         JobDetail {
+            submitted_ms: None,
             job: JobView {
                 id: format!("b3:{}", "ab".repeat(32)),
                 image: "tiny-x86_64".into(),
@@ -241,6 +246,7 @@ mod tests {
             },
             envelope: String::new(),
             leases: vec![LeaseView {
+                granted_ms: None,
                 node: "12D3KooWlease123".into(),
                 state: "active".into(),
                 granted: 950,
@@ -257,7 +263,8 @@ mod tests {
             result("12D3KooWnodeBBBB", "failed", "bb"),
         ]);
         let text = job_text(&d, 1000);
-        assert!(text.contains("created    1m ago"), "{text}");
+        assert!(text.contains("created     1m ago"), "{text}");
+        assert!(text.contains("coordinator this node"), "{text}");
         assert!(text.contains("nodeAAAA  succeeded"), "{text}");
         assert!(text.contains("failed (task build exited 2)"), "{text}");
         assert!(text.contains("b3:aaaaaaaaaaaa"), "{text}");

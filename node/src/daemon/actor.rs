@@ -100,6 +100,9 @@ pub struct Actor {
     last_advert: u64,
     last_announce: u64,
     last_heartbeat: u64,
+    /// Millisecond times of submissions and grants, for dispatch-latency figures.
+    pub(super) submitted_ms: HashMap<JobId, u64>,
+    pub(super) granted_ms: HashMap<LeaseId, u64>,
 }
 
 impl std::fmt::Debug for Actor {
@@ -139,6 +142,8 @@ impl Actor {
             last_advert: 0,
             last_announce: 0,
             last_heartbeat: 0,
+            submitted_ms: HashMap::new(),
+            granted_ms: HashMap::new(),
         };
         actor.restore();
         actor
@@ -466,6 +471,7 @@ impl Actor {
 
     fn record_grant(&mut self, job: &JobId, node: NodeId, decision: &GrantDecision, now: u64) {
         if let GrantDecision::Granted { lease, expires, .. } = decision {
+            self.granted_ms.entry(*lease).or_insert_with(now_ms);
             let rec = LeaseRecord {
                 id: *lease,
                 job: *job,
@@ -841,6 +847,7 @@ impl Actor {
         work::ensure_image_blob(&self.p.images, &self.p.blobs, &job.image_hash)
             .map_err(|e| format!("{e:#}"))?;
         let id = JobId::of(&signed);
+        self.submitted_ms.insert(id, now_ms());
         let rec = JobRecord {
             id,
             envelope: bytes.to_vec(),

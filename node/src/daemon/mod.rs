@@ -1,6 +1,6 @@
 //! The daemon `barn node`: one actor task ([`actor`]) owns the swarm, the database and the
 //! job table; the local API talks to it through a [`handle::NodeHandle`]; each leased job
-//! runs in its own task ([`work`]) that reports back to the actor.
+//! runs in its own task (`work`) that reports back to the actor.
 //!
 //! Data dir layout: `node.key`, `barn.db` (SQLite, WAL), `blobs/` (content-addressed:
 //! sources, images as tars, artifacts, logs), `images/`, `work/` (VM scratch), `jobs/`

@@ -151,6 +151,7 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
             .iter()
             .map(|l| LeaseView {
                 node: l.node.to_string(),
+                granted_ms: a.granted_ms.get(&l.id).copied(),
                 state: match l.state {
                     LeaseState::Active => "active",
                     LeaseState::Done => "done",
@@ -200,6 +201,7 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
     }
     Ok(JobDetail {
         job: view,
+        submitted_ms: a.submitted_ms.get(&rec.id).copied(),
         envelope: hex::encode(&rec.envelope),
         leases,
         results,

@@ -123,6 +123,7 @@ async fn progress(ctx: &Context, job: JobId, phase: Phase, log_bytes: u64) {
 }
 
 async fn execute(ctx: &Context, id: JobId, job: &Job) -> Result<BuildResult> {
+    let started = std::time::Instant::now();
     let coordinator = job.coordinator.to_peer_id();
     progress(ctx, id, Phase::Fetching, 0).await;
     let source = fetch_from_any(
@@ -163,6 +164,7 @@ async fn execute(ctx: &Context, id: JobId, job: &Job) -> Result<BuildResult> {
         );
     }
     progress(ctx, id, Phase::Preparing, 0).await;
+    let fetch_ms = started.elapsed().as_millis() as u64;
     let _ = std::fs::remove_dir_all(&ctx.out_dir);
     let req = RunRequest {
         spec: job.spec.clone(),
@@ -224,7 +226,10 @@ async fn execute(ctx: &Context, id: JobId, job: &Job) -> Result<BuildResult> {
         manifest,
         log_hash: report.log_hash,
         log_size: report.log_size,
-        timings: report.timings,
+        timings: Timings {
+            fetch_ms,
+            ..report.timings
+        },
         image_hash: report.image_hash,
         arch: job.spec.arch.clone(),
         accel: report.accel,

@@ -458,6 +458,7 @@ impl Runner {
             log_dropped: log.dropped,
             artifacts_dir,
             timings: Timings {
+                fetch_ms: 0,
                 prepare_ms,
                 boot_ms,
                 run_ms,

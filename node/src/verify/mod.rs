@@ -1,3 +1,4 @@
 //! Verification: verdicts over a job's signed results, reputation, attestations.
 
+pub mod attest;
 pub mod verdict;

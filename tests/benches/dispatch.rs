@@ -1,0 +1,104 @@
+//! Benchmark: dispatch latency on a loopback farm (a submitter and three volunteers as
+//! real processes): submit → grant (the coordinator's clock: submission accepted → lease
+//! granted, which includes the gossip announcement, the volunteer's claim and the grant),
+//! and grant → VM started (the volunteer's clock: fetching the source, and the VM's input
+//! and output disks). N jobs (default 20, `BENCH_JOBS`), three replicas each.
+//!
+//! Run: `cargo bench -p barn-tests --bench dispatch`.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark fails loudly"
+)]
+
+use barn_tests::Project;
+use barn_tests::farm::Farm;
+
+fn stats(name: &str, mut xs: Vec<f64>) {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    let median = if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    };
+    let p90 = xs[((n as f64 * 0.9).ceil() as usize)
+        .saturating_sub(1)
+        .min(n - 1)];
+    println!(
+        "{name:<28} median {median:7.1} ms   min {:7.1}   p90 {p90:7.1}   max {:7.1}   (n={n})",
+        xs[0],
+        xs[n - 1]
+    );
+}
+
+fn main() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    if std::env::var_os("BARN_BIN").is_none() {
+        let ok = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--release", "-q", "-p", "barn-node"])
+            .current_dir(root)
+            .status()
+            .expect("cargo")
+            .success();
+        assert!(ok, "release build failed");
+        barn_tests::use_bin(format!("{root}/target/release/barn").into());
+    }
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let farm = Farm::start("tiny-x86_64", 3, &[]);
+    let p = Project::new(
+        "image = \"tiny-x86_64\"\narch = \"x86_64\"\n[[task]]\nname = \"noop\"\nrun = \"true\"\n",
+    );
+    let (mut to_grant, mut to_vm, mut total) = (vec![], vec![], vec![]);
+    for i in 0..jobs + 1 {
+        let out = farm.submitter.barn(&[
+            "submit",
+            "--replicas",
+            "3",
+            "--wait",
+            "--json",
+            p.path().to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = v["job"].as_str().unwrap();
+        let d: serde_json::Value =
+            serde_json::from_slice(&farm.submitter.barn(&["job", id, "--json"]).stdout).unwrap();
+        if i == 0 {
+            continue; // warm-up: the volunteers fetch the image on their first job
+        }
+        let submitted = d["submitted_ms"].as_f64().unwrap();
+        for lease in d["leases"].as_array().unwrap() {
+            let granted = lease["granted_ms"].as_f64().unwrap();
+            to_grant.push(granted - submitted);
+            let r = d["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["node"] == lease["node"])
+                .unwrap();
+            let bytes = hex::decode(r["envelope"].as_str().unwrap()).unwrap();
+            let signed =
+                barn_protocol::Signed::<barn_protocol::message::BuildResult>::from_bytes(&bytes)
+                    .unwrap();
+            let t = signed.message().timings;
+            let vm = (t.fetch_ms + t.prepare_ms) as f64;
+            to_vm.push(vm);
+            total.push(granted - submitted + vm);
+        }
+    }
+    println!(
+        "dispatch on a loopback farm: 3 volunteers, {jobs} jobs × 3 replicas after one warm-up job"
+    );
+    stats("submit → grant", to_grant);
+    stats("grant → VM started", to_vm);
+    stats("submit → VM started", total);
+}
