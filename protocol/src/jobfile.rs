@@ -76,6 +76,7 @@ struct RawFile {
     resources: Option<RawResources>,
     env: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     task: Option<Spanned<Vec<Spanned<RawTask>>>>,
+    tiebreak: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +396,7 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<JobSpec>, JobFileError> {
             timeout_secs,
             replicas,
             source_date_epoch,
+            tiebreak: raw.tiebreak.unwrap_or(false),
         })
         .collect())
 }

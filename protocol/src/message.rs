@@ -194,6 +194,10 @@ pub struct JobSpec {
     pub timeout_secs: u64,
     pub replicas: u8,
     pub source_date_epoch: u64,
+    /// When two replicas disagree with no majority, ask one more node to break the tie.
+    /// Added within v1: absent means `false`.
+    #[serde(default)]
+    pub tiebreak: bool,
 }
 
 /// A signed build job, on gossip `barn/jobs/1`. Its id is [`JobId`].
@@ -312,6 +316,36 @@ impl Message for Heartbeat {
     const MAX_SIZE: usize = MAX_REQUEST;
 }
 
+/// A volunteer's commitment to its result before revealing it: the blake3 of
+/// `"barn/v1/commit" || 0x00 || node id (32 bytes) || manifest root (32 bytes)`. Bound to the
+/// node's id, so a lazy node cannot reuse another's commitment, and sent before any root
+/// is revealed, so it cannot copy one either. The coordinator accepts results only from
+/// nodes that committed, and reveals none until every replica has committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commitment {
+    pub job: JobId,
+    pub lease: LeaseId,
+    pub node: NodeId,
+    pub digest: ContentHash,
+    pub time: u64,
+}
+
+impl Commitment {
+    /// The digest committing `node` to `manifest_root`.
+    pub fn digest_of(node: &NodeId, manifest_root: &ContentHash) -> ContentHash {
+        let mut bytes = Vec::with_capacity(15 + 64);
+        bytes.extend_from_slice(b"barn/v1/commit\0");
+        bytes.extend_from_slice(node.0.as_bytes());
+        bytes.extend_from_slice(manifest_root.as_bytes());
+        ContentHash::of(&bytes)
+    }
+}
+
+impl Message for Commitment {
+    const KIND: &'static str = "commitment";
+    const MAX_SIZE: usize = MAX_REQUEST;
+}
+
 /// How a build ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
@@ -424,6 +458,7 @@ mod tests {
                 timeout_secs: 600,
                 replicas: 3,
                 source_date_epoch: 1_700_000_000,
+                tiebreak: false,
             },
             image_hash: ContentHash::of(b"image"),
             source: ContentHash::of(b"src"),

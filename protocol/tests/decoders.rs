@@ -28,6 +28,7 @@ fn job() -> Job {
             timeout_secs: 60,
             replicas: 3,
             source_date_epoch: 1,
+            tiebreak: false,
         },
         image_hash: ContentHash::of(b"i"),
         source: ContentHash::of(b"s"),

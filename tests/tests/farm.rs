@@ -1,6 +1,8 @@
 //! The farm as real processes: a submitter and three volunteers on 127.0.0.1, each running
 //! real VM jobs, checked through the command line a user would use.
 
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
 use barn_protocol::message::BuildResult;
 use barn_protocol::{NodeId, Signed};
 use barn_tests::farm::Farm;
@@ -41,7 +43,7 @@ fn three_volunteers_build_one_job_and_their_signed_results_agree() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary = json(&out);
-    assert_eq!(summary["agree"], true, "{summary}");
+    assert_eq!(summary["verdict"]["verdict"], "reproducible", "{summary}");
     let id = summary["job"].as_str().unwrap().to_string();
 
     let detail = json(&farm.submitter.barn(&["job", &id, "--json"]));
@@ -120,8 +122,108 @@ fn the_demo_builds_the_example_and_the_results_agree() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("agree: 3 of 3 results have manifest root b3:"),
+        stdout.contains("verdict: reproducible (3 of 3 results agree on manifest root b3:"),
         "{stdout}"
     );
     assert_eq!(stdout.matches("signature ok").count(), 3, "{stdout}");
+}
+
+/// Submits `p` on `farm` with `--wait --json` and returns (exit code, JSON).
+fn submit(farm: &Farm, p: &Project, replicas: &str) -> (i32, serde_json::Value) {
+    let out = farm.submitter.barn(&[
+        "submit",
+        "--replicas",
+        replicas,
+        "--wait",
+        "--wait-timeout",
+        "5m",
+        "--json",
+        p.path().to_str().unwrap(),
+    ]);
+    (out.status.code().unwrap_or(-1), json(&out))
+}
+
+const HEAD: &str = "image = \"tiny-x86_64\"\narch = \"x86_64\"\ntimeout = \"3m\"\nsource_date_epoch = 1700000000\nartifacts = [\"out/*\"]\n";
+
+#[test]
+fn a_nondeterministic_build_differs_and_names_the_file() {
+    let farm = Farm::start("tiny-x86_64", 2, &[]);
+    let p = Project::new(&format!(
+        "{HEAD}[[task]]\nname = \"build\"\nrun = \"mkdir -p out && echo same > out/same && head -c 16 /dev/urandom > out/random\"\n"
+    ));
+    let (code, v) = submit(&farm, &p, "2");
+    assert_eq!(code, 10, "{v}");
+    assert_eq!(v["verdict"]["verdict"], "differs");
+    let files = v["verdict"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{v}");
+    assert_eq!(files[0]["path"], "out/random");
+    // `barn verify` agrees, with the same exit code.
+    let out = farm.submitter.barn(&["verify", v["job"].as_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(10));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("verdict: differs") && text.contains("file out/random"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_node_that_alters_its_outputs_is_outvoted_flagged_and_loses_reputation() {
+    let farm = Farm::start("tiny-x86_64", 3, &[3]);
+    let liar = farm.volunteers[2].peer_id();
+    let p = Project::new(&format!(
+        "{HEAD}[[task]]\nname = \"build\"\nrun = \"mkdir -p out && echo honest > out/file\"\n"
+    ));
+    let (code, v) = submit(&farm, &p, "3");
+    assert_eq!(code, 10, "{v}");
+    assert_eq!(v["verdict"]["minority"], serde_json::json!([liar]), "{v}");
+    assert_eq!(v["verdict"]["majority"].as_array().unwrap().len(), 2);
+    assert_eq!(v["verdict"]["files"][0]["path"], "out/file");
+    let nodes = json(&farm.submitter.barn(&["nodes", "--json"]));
+    let rep = |id: &str| {
+        let n = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == id)
+            .unwrap()
+            .clone();
+        (
+            n["agreements"].as_u64().unwrap(),
+            n["disagreements"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(rep(&liar), (0, 1));
+    assert_eq!(rep(&farm.volunteers[0].peer_id()), (1, 0));
+}
+
+#[test]
+fn a_tampered_stored_result_makes_verify_fail() {
+    let farm = Farm::start("tiny-x86_64", 2, &[]);
+    let p = Project::new(&format!(
+        "{HEAD}[[task]]\nname = \"build\"\nrun = \"mkdir -p out && echo ok > out/ok\"\n"
+    ));
+    let (code, v) = submit(&farm, &p, "2");
+    assert_eq!(code, 0, "{v}");
+    let id = v["job"].as_str().unwrap().to_string();
+    assert_eq!(farm.submitter.barn(&["verify", &id]).status.code(), Some(0));
+    // Flip one bit of one stored result's signature, behind the node's back.
+    let db = rusqlite::Connection::open(farm.submitter.data.join("barn.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let (rowid, mut env): (i64, Vec<u8>) = db
+        .query_row("SELECT rowid, envelope FROM results LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let last = env.len() - 1;
+    env[last] ^= 0x01;
+    db.execute(
+        "UPDATE results SET envelope = ?1 WHERE rowid = ?2",
+        rusqlite::params![env, rowid],
+    )
+    .unwrap();
+    let out = farm.submitter.barn(&["verify", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not verify"), "{err}");
 }

@@ -264,7 +264,7 @@ pub fn run(args: DemoArgs, dirs: &Dirs) -> Result<ExitCode> {
             args.volunteers
         );
         let d = super::submit::wait_for(&sub_api, id, Duration::from_secs(30 * 60))?;
-        code = code.max(super::submit::print_results(&d, false)?);
+        code = code.max(super::verify::report(&d, false)?);
     }
 
     eprintln!("==> stopping the farm");

@@ -2,7 +2,9 @@
 //!
 //! Exit codes are documented in `docs/cli.md`; [`exit`] holds them.
 
+mod attest;
 mod demo;
+mod diff;
 mod fetch;
 mod image;
 mod job;
@@ -13,6 +15,7 @@ mod nodes;
 mod pack;
 mod run;
 mod submit;
+mod verify;
 mod view;
 
 use std::path::PathBuf;
@@ -33,8 +36,12 @@ pub mod exit {
     pub const TIMED_OUT: u8 = 4;
     /// The infrastructure failed (the VM did not boot, the output was unreadable, …).
     pub const INFRASTRUCTURE: u8 = 5;
-    /// Replicas succeeded but their outputs differ.
+    /// Verdict: the replicas succeeded but their outputs differ.
     pub const DIFFERS: u8 = 10;
+    /// Verdict: a replica's build failed.
+    pub const VERDICT_FAILED: u8 = 11;
+    /// Verdict: not every replica has reported yet.
+    pub const PENDING: u8 = 12;
 }
 
 /// barn: a peer-to-peer volunteer build farm.
@@ -71,6 +78,9 @@ enum Command {
     Log(fetch::LogArgs),
     /// Fetch one replica's artifacts into a folder, verified against its signed manifest.
     Fetch(fetch::FetchArgs),
+    /// Show why a job's replicas disagree: per differing file, which nodes made what and the
+    /// actual difference (diffoscope when installed, else first byte, line diff or hex).
+    Diff(diff::DiffArgs),
     /// Build and list guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -78,11 +88,17 @@ enum Command {
     Run(run::RunArgs),
     /// Run a volunteer node (the daemon) until SIGINT or SIGTERM.
     Node(node::NodeArgs),
+    /// Check every signature of a job's results here and print the verdict.
+    Verify(verify::VerifyArgs),
     /// Sign DIR's job with the project key and hand it to the local node to coordinate.
     Submit(submit::SubmitArgs),
     /// Start a local farm (a submitter and three volunteers on 127.0.0.1), build DIR's job
     /// (default: the hello example) on every volunteer, and show whether they agree.
     Demo(demo::DemoArgs),
+    /// Export a job's results and verdict as signed in-toto attestations, or verify a file
+    /// of them.
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
 }
 
 /// Runs the parsed command.
@@ -96,10 +112,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Nodes(a) => nodes::run(a, &dirs),
         Command::Log(a) => fetch::run_log(a, &dirs),
         Command::Fetch(a) => fetch::run_fetch(a, &dirs),
+        Command::Diff(a) => diff::run(a, &dirs),
         Command::Image(cmd) => image::run(cmd, &dirs),
         Command::Run(a) => run::run(a, &dirs),
         Command::Node(a) => node::run(a, &dirs),
         Command::Submit(a) => submit::run(a, &dirs),
+        Command::Verify(a) => verify::run(a, &dirs),
         Command::Demo(a) => demo::run(a, &dirs),
+        Command::Attest(cmd) => attest::run(cmd, &dirs),
     }
 }

@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use barn_protocol::jobfile::{self, parse_duration};
-use barn_protocol::message::{BuildResult, Job, random_bytes};
+use barn_protocol::message::{Job, random_bytes};
 use barn_protocol::{NodeId, SecretKey, Signed};
 use clap::Args;
 
-use super::exit;
 use crate::api::client::ApiClient;
 use crate::api::types::JobDetail;
 use crate::dirs::Dirs;
@@ -133,80 +132,6 @@ pub fn wait_for(api: &ApiClient, id: &str, timeout: Duration) -> Result<JobDetai
     }
 }
 
-/// Prints each replica's verified result and whether they agree; returns the exit code.
-pub fn print_results(d: &JobDetail, json: bool) -> Result<u8> {
-    let mut rows = Vec::new();
-    for r in d.results.iter().filter(|r| r.status != "error") {
-        let bytes = hex::decode(&r.envelope).context("a result envelope is not hex")?;
-        let signed = Signed::<BuildResult>::from_bytes(&bytes)
-            .with_context(|| format!("the result from {} does not verify", r.node))?;
-        anyhow::ensure!(
-            NodeId(signed.signer()).to_string() == r.node,
-            "the result claimed for {} is signed by another key",
-            r.node
-        );
-        rows.push(signed);
-    }
-    let ok: Vec<_> = rows
-        .iter()
-        .filter(|s| s.message().status.word() == "succeeded")
-        .collect();
-    let roots: std::collections::BTreeSet<_> =
-        ok.iter().map(|s| s.message().manifest_root).collect();
-    let agree = ok.len() == rows.len() && roots.len() == 1 && rows.len() >= 2;
-    if json {
-        let v = serde_json::json!({"job": d.job.id, "results": d.results, "agree": agree});
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("job {}", d.job.id);
-        for s in &rows {
-            let m = s.message();
-            println!(
-                "  node {}  {:<9} manifest {}  log {}  boot {} ms, run {} ms, total {} ms, {}  signature ok",
-                NodeId(s.signer()).short(),
-                m.status.word(),
-                m.manifest_root.short(),
-                m.log_hash.short(),
-                m.timings.boot_ms,
-                m.timings.run_ms,
-                m.timings.total_ms,
-                m.accel
-            );
-        }
-        if agree {
-            println!(
-                "agree: {} of {} results have manifest root {}",
-                ok.len(),
-                rows.len(),
-                roots
-                    .iter()
-                    .next()
-                    .map(|r| r.to_string())
-                    .unwrap_or_default()
-            );
-        } else if ok.len() < rows.len() {
-            println!(
-                "failed: {} of {} replicas did not succeed",
-                rows.len() - ok.len(),
-                rows.len()
-            );
-        } else {
-            println!(
-                "disagree: {} different manifest roots among {} results",
-                roots.len(),
-                rows.len()
-            );
-        }
-    }
-    Ok(if ok.len() < rows.len() {
-        exit::BUILD_FAILED
-    } else if agree {
-        0
-    } else {
-        exit::DIFFERS
-    })
-}
-
 pub fn run(args: SubmitArgs, dirs: &Dirs) -> Result<ExitCode> {
     let key_path = args.key.clone().unwrap_or_else(|| dirs.project_key());
     if !key_path.exists() {
@@ -234,7 +159,7 @@ pub fn run(args: SubmitArgs, dirs: &Dirs) -> Result<ExitCode> {
             eprintln!("submitted {id}; waiting for results");
         }
         let d = wait_for(&api, id, Duration::from_secs(wait))?;
-        code = code.max(print_results(&d, args.json)?);
+        code = code.max(super::verify::report(&d, args.json)?);
     }
     Ok(ExitCode::from(code))
 }

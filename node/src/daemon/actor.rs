@@ -37,7 +37,7 @@ use crate::net::behaviour::{Behaviour, BehaviourEvent};
 use crate::net::codec::{Request, Response};
 use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, topic};
 use crate::runner::{ImageStore, Runner};
-use crate::sched::coordinator::{self, Lease, LeaseState};
+use crate::sched::coordinator::{self, Lease, LeaseState, Reputation};
 use crate::sched::volunteer::Action;
 use crate::sched::{Capabilities, Coordinator, Trust, Volunteer};
 use crate::store::blobs::BlobStore;
@@ -72,8 +72,25 @@ impl std::fmt::Debug for Parts {
 enum Pending {
     Claim(JobId),
     Heartbeat,
+    Commit(JobId),
     Result(JobId),
 }
+
+/// A finished job's result on its way to the coordinator: first the commitment, then,
+/// once the coordinator has every replica's commitment, the result itself.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    job: JobId,
+    peer: PeerId,
+    commit: Vec<u8>,
+    result: Vec<u8>,
+    committed: bool,
+    retry_at: u64,
+    in_flight: bool,
+}
+
+/// The prefix of a refusal that means "not every replica has committed: try again".
+const NOT_YET: &str = "not-yet: ";
 
 /// A job this node runs as a volunteer.
 #[derive(Debug)]
@@ -96,13 +113,15 @@ pub struct Actor {
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
     /// Signed results not yet acknowledged by their coordinator: (job, coordinator, bytes, retry at).
-    outbox: Vec<(JobId, PeerId, Vec<u8>, u64)>,
+    outbox: Vec<Outgoing>,
     last_advert: u64,
     last_announce: u64,
     last_heartbeat: u64,
     /// Millisecond times of submissions and grants, for dispatch-latency figures.
     pub(super) submitted_ms: HashMap<JobId, u64>,
     pub(super) granted_ms: HashMap<LeaseId, u64>,
+    /// The node's shutdown; each job task gets a child.
+    cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Actor {
@@ -144,6 +163,7 @@ impl Actor {
             last_heartbeat: 0,
             submitted_ms: HashMap::new(),
             granted_ms: HashMap::new(),
+            cancel: CancellationToken::new(),
         };
         actor.restore();
         actor
@@ -178,7 +198,7 @@ impl Actor {
                 });
             info!(job = %rec.id.short(), "resuming coordination");
             self.coordinator
-                .add_job(rec.id, signed.message().clone(), leases.collect());
+                .add_job(rec.id, signed.message().clone(), leases.collect(), now());
         }
     }
 
@@ -188,6 +208,7 @@ impl Actor {
         mut commands: mpsc::Receiver<Command>,
         cancel: CancellationToken,
     ) -> Result<()> {
+        self.cancel = cancel.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -208,6 +229,11 @@ impl Actor {
             "shutting down: cancelling {} running job(s)",
             self.running.len()
         );
+        // Each job's token is a child of `cancel`: its VM gets the polite stop, then the
+        // task ends; whatever is still running after the grace period is aborted.
+        let tasks = &mut self.tasks;
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
         self.tasks.shutdown().await;
         Ok(())
     }
@@ -323,29 +349,76 @@ impl Actor {
     }
 
     fn flush_outbox(&mut self, now: u64) {
-        let due: Vec<_> = self.outbox.iter().filter(|o| o.3 <= now).cloned().collect();
-        self.outbox.retain(|o| o.3 > now);
-        for (job, peer, bytes, _) in due {
-            self.send_result(job, peer, bytes);
+        let due: Vec<usize> = (0..self.outbox.len())
+            .filter(|&i| !self.outbox[i].in_flight && self.outbox[i].retry_at <= now)
+            .collect();
+        for i in due {
+            self.send_outgoing(i);
         }
     }
 
-    fn send_result(&mut self, job: JobId, peer: PeerId, bytes: Vec<u8>) {
-        if peer == *self.p.swarm.local_peer_id() {
-            if let Err(e) = self.accept_result(&bytes, self.me) {
-                warn!(job = %job.short(), "own result refused: {e}");
-            }
+    /// Sends the commitment or, once committed, the result of outbox entry `i`.
+    fn send_outgoing(&mut self, i: usize) {
+        let o = self.outbox[i].clone();
+        if o.peer == *self.p.swarm.local_peer_id() {
+            // Coordinating our own job: the same checks, without the network.
+            let outcome = if o.committed {
+                self.accept_result(&o.result, self.me)
+            } else {
+                self.accept_commit(&o.commit, self.me)
+            };
+            self.on_outgoing_answer(o.job, !o.committed, outcome);
             return;
         }
-        let id = self
-            .p
-            .swarm
-            .behaviour_mut()
-            .rpc
-            .send_request(&peer, Request::Result(bytes.clone()));
-        self.pending.insert(id, Pending::Result(job));
-        // Kept until acknowledged; re-sent if the coordinator is away.
-        self.outbox.push((job, peer, bytes, now() + 30));
+        let (req, pending) = if o.committed {
+            (Request::Result(o.result), Pending::Result(o.job))
+        } else {
+            (Request::Commit(o.commit), Pending::Commit(o.job))
+        };
+        let id = self.p.swarm.behaviour_mut().rpc.send_request(&o.peer, req);
+        self.pending.insert(id, pending);
+        self.outbox[i].in_flight = true;
+    }
+
+    /// What the coordinator said to a commitment (`commit`) or a result.
+    fn on_outgoing_answer(&mut self, job: JobId, commit: bool, outcome: Result<(), String>) {
+        let now = now();
+        let Some(i) = self.outbox.iter().position(|o| o.job == job) else {
+            return;
+        };
+        self.outbox[i].in_flight = false;
+        match outcome {
+            Ok(()) if commit => {
+                self.outbox[i].committed = true;
+                self.send_outgoing(i);
+            }
+            Ok(()) => {
+                // Taken. The coordinator publishes the results once the job is settled.
+                self.outbox.remove(i);
+            }
+            Err(why) if why.starts_with(NOT_YET) => self.outbox[i].retry_at = now + 2,
+            Err(why) if !commit && why.contains("no commitment") => {
+                // The coordinator restarted and forgot our commitment: commit again.
+                self.outbox[i].committed = false;
+                self.outbox[i].retry_at = now;
+            }
+            Err(why) => {
+                let what = if commit { "commitment" } else { "result" };
+                warn!(job = %job.short(), "the coordinator refused our {what}: {why}");
+                self.outbox.remove(i);
+            }
+        }
+    }
+
+    /// The reputation this node holds of `node`.
+    fn reputation(&self, node: &NodeId) -> Reputation {
+        match self.p.db.get_node(node) {
+            Ok(Some(n)) => Reputation {
+                agreements: n.agreements,
+                disagreements: n.disagreements,
+            },
+            _ => Reputation::default(),
+        }
     }
 
     // ---- volunteer actions ----
@@ -369,7 +442,9 @@ impl Actor {
         };
         let peer = coordinator.to_peer_id();
         if peer == *self.p.swarm.local_peer_id() {
-            let decision = self.coordinator.on_claim(&job, self.me, now);
+            let decision = self
+                .coordinator
+                .on_claim(&job, self.me, self.reputation(&self.me), now);
             self.record_grant(&job, self.me, &decision, now);
             let actions = self.volunteer.on_grant(&job, &decision, now);
             self.carry_out(actions);
@@ -423,6 +498,7 @@ impl Actor {
             out_dir: self.p.dirs.data.join("jobs").join(job.0.to_hex()),
             internal: self.internal_tx.clone(),
             fault_alter_outputs: self.p.opts.fault_alter_outputs,
+            cancel: self.cancel.child_token(),
         };
         let job_msg = signed.message().clone();
         self.tasks.spawn(work::run(ctx, job, lease, job_msg));
@@ -458,10 +534,25 @@ impl Actor {
             envelope: bytes.clone(),
             received_at: now,
         });
-        if bytes.len() <= barn_protocol::limits::MAX_GOSSIP_MESSAGE {
-            self.publish(TOPIC_RESULTS, bytes.clone());
-        }
-        self.send_result(out.job, r.coordinator, bytes);
+        let commitment = Commitment {
+            job: out.job,
+            lease: r.lease,
+            node: self.me,
+            digest: Commitment::digest_of(&self.me, &res.manifest_root),
+            time: now,
+        };
+        let commit = Signed::sign(commitment, &self.p.key).to_bytes();
+        self.outbox.push(Outgoing {
+            job: out.job,
+            peer: r.coordinator,
+            commit,
+            result: bytes,
+            committed: false,
+            retry_at: now,
+            in_flight: false,
+        });
+        let last = self.outbox.len() - 1;
+        self.send_outgoing(last);
         let actions = self.volunteer.on_finished(&out.job, now);
         self.carry_out(actions);
         self.advertise();
@@ -501,7 +592,9 @@ impl Actor {
         }
         let now = now();
         let job = claim.message().job;
-        let decision = self.coordinator.on_claim(&job, node, now);
+        let decision = self
+            .coordinator
+            .on_claim(&job, node, self.reputation(&node), now);
         self.record_grant(&job, node, &decision, now);
         let grant = Grant {
             job,
@@ -534,6 +627,22 @@ impl Actor {
         }
     }
 
+    /// Checks and records a commitment for a job this node coordinates.
+    fn accept_commit(&mut self, bytes: &[u8], sender: NodeId) -> Result<(), String> {
+        let signed =
+            Signed::<Commitment>::from_bytes(bytes).map_err(|e| format!("commitment: {e}"))?;
+        let node = NodeId(signed.signer());
+        let m = signed.message();
+        if node != sender || m.node != node {
+            return Err("commitment signed by another node than the sender".into());
+        }
+        self.coordinator
+            .on_commit(&m.job, &m.lease, m.digest, node, now())
+            .map_err(|e| e.to_string())?;
+        debug!(job = %m.job.short(), node = %node.short(), "commitment received");
+        Ok(())
+    }
+
     /// Checks and records a result for a job this node coordinates.
     fn accept_result(&mut self, bytes: &[u8], sender: NodeId) -> Result<(), String> {
         let signed =
@@ -546,11 +655,14 @@ impl Actor {
         if m.manifest.root() != m.manifest_root {
             return Err("the manifest does not hash to the manifest root".into());
         }
+        let now = now();
         let state = self
             .coordinator
-            .on_result(&m.job, m, node)
-            .map_err(|e| e.to_string())?;
-        let now = now();
+            .on_result(&m.job, m, node, now)
+            .map_err(|e| match e {
+                coordinator::Refusal::NotYet => format!("{NOT_YET}{e}"),
+                e => e.to_string(),
+            })?;
         if let Some(lease) = m.lease {
             let s = if state == LeaseState::Done {
                 db::LeaseState::Completed
@@ -567,24 +679,70 @@ impl Actor {
         });
         info!(job = %m.job.short(), node = %node.short(), status = m.status.word(), root = %m.manifest_root.short(), "result received");
         if self.coordinator.job(&m.job).is_some_and(|j| j.complete()) {
-            let _ = self.p.db.set_job_state(&m.job, db::JobState::Complete);
-            info!(job = %m.job.short(), "every replica has a result");
+            self.on_complete(m.job);
         }
         Ok(())
     }
 
+    /// Every replica of a job has a result: judge, break a tie if allowed, or settle
+    /// reputations.
+    fn on_complete(&mut self, id: JobId) {
+        let Some(cjob) = self.coordinator.job(&id) else {
+            return;
+        };
+        let job = cjob.job.clone();
+        let results: Vec<(NodeId, BuildResult)> = self
+            .p
+            .db
+            .list_results(&id)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| Signed::<BuildResult>::from_bytes(&r.envelope).ok())
+            .map(|s| (NodeId(s.signer()), s.message().clone()))
+            .collect();
+        let verdict = crate::verify::verdict::judge(&job, &results);
+        if verdict.verdict == crate::verify::verdict::Kind::Differs
+            && verdict.majority.is_empty()
+            && self.coordinator.request_tiebreak(&id)
+        {
+            info!(job = %id.short(), "replicas disagree with no majority: asking one more node");
+            self.announce(&id);
+            return;
+        }
+        let _ = self.p.db.set_job_state(&id, db::JobState::Complete);
+        info!(job = %id.short(), verdict = verdict.verdict.word(), "every replica has a result");
+        // Settled: now every result may be seen by anyone.
+        for r in self.p.db.list_results(&id).unwrap_or_default() {
+            if r.envelope.len() <= barn_protocol::limits::MAX_GOSSIP_MESSAGE {
+                self.publish(TOPIC_RESULTS, r.envelope);
+            }
+        }
+        let now = now();
+        for (node, _) in &results {
+            let name = node.to_string();
+            if verdict.majority.contains(&name) {
+                let _ = self.p.db.record_agreement(node, true, now);
+            } else if verdict.minority.contains(&name) {
+                warn!(job = %id.short(), node = %node.short(), "node disagreed with the majority");
+                let _ = self.p.db.record_agreement(node, false, now);
+            }
+        }
+    }
+
     fn on_request(&mut self, peer: PeerId, req: Request) -> Response {
+        let sender = match NodeId::from_peer_id(&peer) {
+            Ok(n) => n,
+            Err(e) => return Response::Rejected(e.to_string()),
+        };
+        let answer = |r: Result<(), String>| match r {
+            Ok(()) => Response::Ack,
+            Err(e) => Response::Rejected(e),
+        };
         match &req {
             Request::Claim(b) => self.on_claim(peer, b),
             Request::Heartbeat(b) => self.on_heartbeat(peer, b),
-            Request::Result(b) => match NodeId::from_peer_id(&peer) {
-                Ok(sender) => match self.accept_result(b, sender) {
-                    Ok(()) => Response::Ack,
-                    Err(e) => Response::Rejected(e),
-                },
-                Err(e) => Response::Rejected(e.to_string()),
-            },
-            _ => Response::Rejected(format!("{} is not handled by this node", req.kind())),
+            Request::Commit(b) => answer(self.accept_commit(b, sender)),
+            Request::Result(b) => answer(self.accept_result(b, sender)),
         }
     }
 
@@ -622,12 +780,13 @@ impl Actor {
                     .on_claim_failed(&job, format!("{other:?}"), now);
                 self.carry_out(actions);
             }
-            (Pending::Result(job), Response::Ack) => {
-                self.outbox.retain(|o| o.0 != job);
+            (Pending::Commit(job), Response::Ack) => self.on_outgoing_answer(job, true, Ok(())),
+            (Pending::Commit(job), Response::Rejected(why)) => {
+                self.on_outgoing_answer(job, true, Err(why))
             }
+            (Pending::Result(job), Response::Ack) => self.on_outgoing_answer(job, false, Ok(())),
             (Pending::Result(job), Response::Rejected(why)) => {
-                warn!(job = %job.short(), "coordinator refused our result: {why}");
-                self.outbox.retain(|o| o.0 != job);
+                self.on_outgoing_answer(job, false, Err(why))
             }
             (Pending::Heartbeat, Response::Rejected(why)) => debug!("heartbeat refused: {why}"),
             _ => {}
@@ -638,10 +797,21 @@ impl Actor {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
-        if let Pending::Claim(job) = pending {
-            debug!(job = %job.short(), "claim failed: {error}");
-            let actions = self.volunteer.on_claim_failed(&job, error, now());
-            self.carry_out(actions);
+        match pending {
+            Pending::Claim(job) => {
+                debug!(job = %job.short(), "claim failed: {error}");
+                let actions = self.volunteer.on_claim_failed(&job, error, now());
+                self.carry_out(actions);
+            }
+            Pending::Commit(job) | Pending::Result(job) => {
+                // The coordinator is away: keep the result and try again later.
+                debug!(job = %job.short(), "could not deliver to the coordinator: {error}");
+                if let Some(o) = self.outbox.iter_mut().find(|o| o.job == job) {
+                    o.in_flight = false;
+                    o.retry_at = now() + 5;
+                }
+            }
+            Pending::Heartbeat => {}
         }
     }
 
@@ -859,7 +1029,7 @@ impl Actor {
         };
         self.p.db.insert_job(&rec).map_err(|e| e.to_string())?;
         info!(job = %id.short(), replicas = job.spec.replicas, "coordinating a new job");
-        self.coordinator.add_job(id, job.clone(), vec![]);
+        self.coordinator.add_job(id, job.clone(), vec![], now());
         self.announce(&id);
         // This node may volunteer for its own job too.
         let actions = self

@@ -172,8 +172,27 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
         .map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     for r in stored {
-        let Ok(signed) = Signed::<BuildResult>::from_bytes(&r.envelope) else {
-            continue;
+        // Results that no longer verify are listed too, marked, so that a verifier sees them.
+        let signed = match Signed::<BuildResult>::from_bytes(&r.envelope) {
+            Ok(s) => s,
+            Err(e) => {
+                results.push(ResultView {
+                    node: r.node.to_string(),
+                    status: "invalid".into(),
+                    detail: Some(format!("the stored result does not verify: {e}")),
+                    manifest_root: String::new(),
+                    log_hash: String::new(),
+                    log_size: 0,
+                    total_ms: 0,
+                    boot_ms: 0,
+                    run_ms: 0,
+                    accel: String::new(),
+                    image_hash: String::new(),
+                    envelope: hex::encode(&r.envelope),
+                    received: r.received_at,
+                });
+                continue;
+            }
         };
         let m = signed.message();
         let detail = match &m.status {

@@ -48,6 +48,8 @@ pub struct Context {
     pub out_dir: PathBuf,
     pub internal: mpsc::Sender<Internal>,
     pub fault_alter_outputs: bool,
+    /// The node's shutdown, so a running VM gets its polite stop.
+    pub cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Context {
@@ -194,7 +196,7 @@ async fn execute(ctx: &Context, id: JobId, job: &Job) -> Result<BuildResult> {
     };
     let report = ctx
         .runner
-        .run(req, ctx.accel, tx, CancellationToken::new())
+        .run(req, ctx.accel, tx, ctx.cancel.clone())
         .await?;
     let _ = forward.await;
 

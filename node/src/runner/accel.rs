@@ -111,6 +111,7 @@ async fn canary(runner: &Runner, image: super::Image, data_dir: &Path) -> bool {
         timeout_secs: CANARY_DEADLINE.as_secs(),
         replicas: 1,
         source_date_epoch: 0,
+        tiebreak: false,
     };
     let req = RunRequest {
         spec,

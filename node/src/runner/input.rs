@@ -133,6 +133,7 @@ mod tests {
             timeout_secs: 10,
             replicas: 1,
             source_date_epoch: 42,
+            tiebreak: false,
         };
         let out = dir.path().join("input.tar");
         write_input(&spec, &source, &out).unwrap();

@@ -25,6 +25,11 @@ struct Harness {
     results: BTreeMap<JobId, Vec<NodeId>>,
     /// What the fake runner reports.
     fail_with_error: BTreeSet<NodeId>,
+    /// Results committed but not yet revealed.
+    unrevealed: Vec<(JobId, NodeId, BuildResult)>,
+    /// Nodes whose fake runner writes other bytes than the rest.
+    odd: BTreeSet<NodeId>,
+    reputation: BTreeMap<NodeId, coordinator::Reputation>,
 }
 
 fn caps(archs: &[&str], mem_mib: u64, slots: u32) -> Capabilities {
@@ -49,6 +54,9 @@ impl Harness {
             gone: BTreeSet::new(),
             results: BTreeMap::new(),
             fail_with_error: BTreeSet::new(),
+            unrevealed: Vec::new(),
+            odd: BTreeSet::new(),
+            reputation: BTreeMap::new(),
         }
     }
 
@@ -84,6 +92,7 @@ impl Harness {
                 timeout_secs: 60,
                 replicas,
                 source_date_epoch: 0,
+                tiebreak: false,
             },
             image_hash: ContentHash::of(b"img"),
             source: ContentHash::of(b"src"),
@@ -96,7 +105,7 @@ impl Harness {
         };
         let signed = Signed::sign(job.clone(), &self.submitter);
         let id = JobId::of(&signed);
-        self.coordinator.add_job(id, job, vec![]);
+        self.coordinator.add_job(id, job, vec![], self.now);
         id
     }
 
@@ -135,12 +144,12 @@ impl Harness {
                 } else {
                     BuildStatus::Succeeded
                 };
-                let result = fake_result(job, lease, node, status);
-                if let Ok(coordinator::LeaseState::Done) =
-                    self.coordinator.on_result(&job, &result, node)
-                {
-                    self.results.entry(job).or_default().push(node);
-                }
+                let result = fake_result(job, lease, node, status, self.odd.contains(&node));
+                let digest = Commitment::digest_of(&node, &result.manifest_root);
+                self.coordinator
+                    .on_commit(&job, &lease, digest, node, self.now)
+                    .unwrap();
+                self.unrevealed.push((job, node, result));
                 let i = self.volunteers.iter().position(|v| v.me == node).unwrap();
                 actions.extend(
                     self.volunteers[i]
@@ -150,12 +159,29 @@ impl Harness {
                 );
             }
         }
+        // Reveal: results are taken once every replica has committed.
+        let waiting = std::mem::take(&mut self.unrevealed);
+        for (job, node, result) in waiting {
+            match self.coordinator.on_result(&job, &result, node, self.now) {
+                Ok(coordinator::LeaseState::Done) => {
+                    self.results.entry(job).or_default().push(node)
+                }
+                Ok(_) => {}
+                Err(coordinator::Refusal::NotYet) => self.unrevealed.push((job, node, result)),
+                Err(e) => panic!("result refused: {e}"),
+            }
+        }
         while let Some((i, action)) = actions.pop() {
             let me = self.volunteers[i].me;
             match action {
                 Action::Claim { job, coordinator } => {
                     assert_eq!(coordinator, self.coord_id);
-                    let decision = self.coordinator.on_claim(&job, me, self.now);
+                    let decision = self.coordinator.on_claim(
+                        &job,
+                        me,
+                        self.reputation.get(&me).copied().unwrap_or_default(),
+                        self.now,
+                    );
                     actions.extend(
                         self.volunteers[i]
                             .on_grant(&job, &decision, self.now)
@@ -176,8 +202,22 @@ impl Harness {
     }
 }
 
-fn fake_result(job: JobId, lease: LeaseId, node: NodeId, status: BuildStatus) -> BuildResult {
-    let manifest = barn_protocol::manifest::Manifest::new(vec![]);
+fn fake_result(
+    job: JobId,
+    lease: LeaseId,
+    node: NodeId,
+    status: BuildStatus,
+    odd: bool,
+) -> BuildResult {
+    let content: &[u8] = if odd { b"odd" } else { b"even" };
+    let manifest = barn_protocol::manifest::Manifest::new(vec![barn_protocol::manifest::Entry {
+        path: "out".into(),
+        kind: barn_protocol::manifest::EntryKind::File,
+        executable: false,
+        size: content.len() as u64,
+        hash: Some(ContentHash::of(content)),
+        target: None,
+    }]);
     BuildResult {
         job,
         lease: Some(lease),
@@ -208,6 +248,20 @@ fn jobs_go_only_to_nodes_with_the_arch_and_the_memory() {
     for _ in 0..5 {
         h.step(1);
     }
+    // One of three replicas committed: nothing is revealed until the others do, or until
+    // the reveal window has passed.
+    assert!(h.ran(&job).is_empty());
+    assert_eq!(
+        h.coordinator
+            .job(&job)
+            .unwrap()
+            .commitments
+            .keys()
+            .collect::<Vec<_>>(),
+        vec![&big]
+    );
+    h.step(60 + coordinator::REVEAL_SLACK_SECS);
+    h.step(1);
     assert_eq!(h.ran(&job), vec![big]);
 }
 
@@ -322,7 +376,7 @@ fn heartbeats_keep_a_lease_and_only_its_node_may_send_them() {
     let c = &mut h.coordinator;
     let a = SecretKey::from_seed([5; 32]).node_id();
     let b = SecretKey::from_seed([6; 32]).node_id();
-    let GrantDecision::Granted { lease, .. } = c.on_claim(&job, a, 0) else {
+    let GrantDecision::Granted { lease, .. } = c.on_claim(&job, a, Default::default(), 0) else {
         panic!("not granted")
     };
     assert_eq!(c.on_heartbeat(&job, &lease, a, 20), Ok(20 + LEASE_SECS));
@@ -332,4 +386,135 @@ fn heartbeats_keep_a_lease_and_only_its_node_may_send_them() {
     );
     assert!(c.tick(40).is_empty(), "renewed lease expired early");
     assert_eq!(c.tick(20 + LEASE_SECS).len(), 1);
+}
+
+#[test]
+fn no_result_is_revealed_before_every_replica_committed() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    h.add_volunteer(1, caps(&["x86_64"], 1024, 1), t.clone());
+    let slow = h.add_volunteer(2, caps(&["x86_64"], 1024, 1), t);
+    h.gone.insert(slow);
+    let job = h.submit("x86_64", 256, 2);
+    for _ in 0..4 {
+        h.step(1); // the first node claims, builds and commits; the second is away
+    }
+    assert!(
+        h.ran(&job).is_empty(),
+        "a result was revealed before the other replica committed"
+    );
+    assert_eq!(h.coordinator.job(&job).unwrap().commitments.len(), 1);
+    h.gone.remove(&slow);
+    for _ in 0..3 {
+        h.step(1);
+    }
+    assert_eq!(h.ran(&job).len(), 2);
+}
+
+#[test]
+fn a_result_must_match_its_own_commitment() {
+    let mut h = Harness::new();
+    let job = h.submit("x86_64", 256, 1);
+    let a = SecretKey::from_seed([7; 32]).node_id();
+    let c = &mut h.coordinator;
+    let GrantDecision::Granted { lease, .. } = c.on_claim(&job, a, Default::default(), 0) else {
+        panic!()
+    };
+    let honest = fake_result(job, lease, a, BuildStatus::Succeeded, false);
+    let copied = fake_result(job, lease, a, BuildStatus::Succeeded, true);
+    assert_eq!(
+        c.on_result(&job, &honest, a, 1),
+        Err(coordinator::Refusal::NoCommitment)
+    );
+    c.on_commit(
+        &job,
+        &lease,
+        Commitment::digest_of(&a, &honest.manifest_root),
+        a,
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        c.on_result(&job, &copied, a, 1),
+        Err(coordinator::Refusal::CommitmentMismatch)
+    );
+    // Another node's digest for the same root does not pass as this node's.
+    let b = SecretKey::from_seed([8; 32]).node_id();
+    assert_ne!(
+        Commitment::digest_of(&a, &honest.manifest_root),
+        Commitment::digest_of(&b, &honest.manifest_root)
+    );
+    assert_eq!(
+        c.on_result(&job, &honest, a, 1),
+        Ok(coordinator::LeaseState::Done)
+    );
+}
+
+#[test]
+fn poorly_reputed_nodes_wait_while_reputable_ones_take_the_replicas() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    let bad = h.add_volunteer(1, caps(&["x86_64"], 1024, 1), t.clone());
+    h.reputation.insert(
+        bad,
+        coordinator::Reputation {
+            agreements: 0,
+            disagreements: 2,
+        },
+    );
+    let job = h.submit("x86_64", 256, 1);
+    h.step(1);
+    h.step(1);
+    assert!(
+        h.ran(&job).is_empty(),
+        "the poorly reputed node got the job at once"
+    );
+    let good = h.add_volunteer(2, caps(&["x86_64"], 1024, 1), t);
+    h.step(1);
+    h.step(1);
+    assert_eq!(h.ran(&job), vec![good]);
+    // Alone, the poorly reputed node still gets work after the preference window.
+    let job2 = h.submit("x86_64", 256, 2);
+    for _ in 0..(coordinator::PREFER_WINDOW_SECS + volunteer::RETRY_SECS + 2) {
+        h.step(1);
+    }
+    assert!(h.ran(&job2).contains(&bad));
+}
+
+#[test]
+fn a_tie_gets_one_more_replica_when_the_job_allows_it() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    let a = h.add_volunteer(1, caps(&["x86_64"], 1024, 1), t.clone());
+    let b = h.add_volunteer(2, caps(&["x86_64"], 1024, 1), t.clone());
+    h.odd.insert(b);
+    let mut job = h.submit("x86_64", 256, 2);
+    // Resubmit with tiebreak on.
+    {
+        let j = &h.coordinator.job(&job).unwrap().job;
+        let mut j = j.clone();
+        j.spec.tiebreak = true;
+        job = JobId(ContentHash::of(b"tiebreak-job"));
+        h.coordinator.add_job(job, j, vec![], h.now);
+    }
+    for _ in 0..3 {
+        h.step(1);
+    }
+    let mut ran = h.ran(&job);
+    ran.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(ran, want);
+    assert!(h.coordinator.job(&job).unwrap().complete());
+    assert!(h.coordinator.request_tiebreak(&job));
+    assert!(
+        !h.coordinator.request_tiebreak(&job),
+        "only one tie-breaker"
+    );
+    let c = h.add_volunteer(3, caps(&["x86_64"], 1024, 1), t);
+    for _ in 0..3 {
+        h.step(1);
+    }
+    assert!(h.ran(&job).contains(&c));
+    assert!(h.coordinator.job(&job).unwrap().complete());
 }

@@ -212,6 +212,7 @@ mod tests {
                 timeout_secs: 1,
                 replicas,
                 source_date_epoch: 0,
+                tiebreak: false,
             },
             image_hash: ContentHash::of(b"img"),
             source: ContentHash::of(b"s"),

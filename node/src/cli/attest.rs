@@ -1,0 +1,222 @@
+//! `barn attest export|verify`: a job's results and verdict as in-toto attestations in
+//! DSSE envelopes, and the check of such a file. The formats, and why the exporting node
+//! signs them, are in [`crate::verify::attest`].
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use barn_protocol::message::{BuildResult, Job};
+use barn_protocol::{JobId, NodeId, Signed};
+use clap::Subcommand;
+
+use super::exit;
+use crate::api::client::ApiClient;
+use crate::api::types::JobDetail;
+use crate::dirs::Dirs;
+use crate::verify::attest;
+
+#[derive(Debug, Subcommand)]
+pub enum AttestCommand {
+    /// Write a job's results as SLSA provenance and its verdict as a SLSA verification
+    /// summary, each an in-toto statement in a DSSE envelope signed with this node's key.
+    Export {
+        /// The job: a full `b3:` id or a unique hex prefix.
+        #[arg(value_name = "JOB")]
+        job: String,
+        /// Only this node's result: its peer id or a unique suffix of it.
+        #[arg(long, value_name = "N")]
+        node: Option<String>,
+        /// Where to write (default: barn-attest-<12 hex of the job id>.json).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check every envelope of FILE: signatures, embedded signed results, subjects and the
+    /// recomputed verdict. Exits 0 only when everything verifies.
+    Verify {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Also require every envelope to be signed by this peer id.
+        #[arg(long, value_name = "PEER")]
+        signer: Option<String>,
+    },
+}
+
+pub fn run(cmd: AttestCommand, dirs: &Dirs) -> Result<ExitCode> {
+    match cmd {
+        AttestCommand::Export { job, node, out } => export(&job, node.as_deref(), out, dirs),
+        AttestCommand::Verify { file, signer } => verify(&file, signer.as_deref()),
+    }
+}
+
+fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Result<ExitCode> {
+    let detail = ApiClient::from_data_dir(&dirs.data)?.job(id)?;
+    let (job, results) = verified(&detail)?;
+    let job_id = JobId::of(&job);
+    let selected: Vec<&Signed<BuildResult>> = match node {
+        None => results.iter().collect(),
+        Some(n) => {
+            let chosen = pick_node(&results, n)?;
+            results
+                .iter()
+                .filter(|r| r.message().node == chosen)
+                .collect()
+        }
+    };
+    let key_path = dirs.node_key();
+    let key = super::key::load(&key_path).with_context(|| {
+        format!(
+            "attestations are signed with the node key {}",
+            key_path.display()
+        )
+    })?;
+    let mut envelopes = Vec::with_capacity(selected.len() + 1);
+    for r in &selected {
+        envelopes.push(
+            attest::export_result(&job, r, &key)
+                .with_context(|| format!("failed to export the result of {}", r.message().node))?,
+        );
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    envelopes.push(attest::export_summary(&job, &results, &key, now)?);
+    let bytes = attest::to_file(&envelopes)?;
+    // Check what is about to be written the way a recipient will.
+    let report = attest::verify_file(&bytes).context("the export does not verify")?;
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("barn-attest-{}.json", job_id.short())));
+    std::fs::write(&path, &bytes).with_context(|| format!("failed to write {}", path.display()))?;
+    for c in &report.checked {
+        eprintln!("  {c}");
+    }
+    eprintln!(
+        "wrote {}: {} provenance statement(s) and a verification summary, signed by {}",
+        path.display(),
+        selected.len(),
+        key.node_id()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The job and every result, each signature checked here rather than trusted to the daemon.
+fn verified(detail: &JobDetail) -> Result<(Signed<Job>, Vec<Signed<BuildResult>>)> {
+    let bytes = hex::decode(&detail.envelope).context("the job envelope is not hex")?;
+    let job = Signed::<Job>::from_bytes(&bytes).context("the job's signature does not verify")?;
+    let job_id = JobId::of(&job);
+    if job_id.to_string() != detail.job.id {
+        bail!(
+            "the node sent job {job_id} when asked for {}",
+            detail.job.id
+        );
+    }
+    let mut results = Vec::with_capacity(detail.results.len());
+    for view in &detail.results {
+        let bytes = hex::decode(&view.envelope)
+            .with_context(|| format!("the result envelope of {} is not hex", view.node))?;
+        let signed = Signed::<BuildResult>::from_bytes(&bytes)
+            .with_context(|| format!("the result of {} does not verify; refusing it", view.node))?;
+        let r = signed.message();
+        let signer = NodeId(signed.signer());
+        if signer != r.node || r.node.to_string() != view.node {
+            bail!(
+                "the result shown for {} is signed by {signer} for {}; refusing it",
+                view.node,
+                r.node
+            );
+        }
+        if r.job != job_id {
+            bail!(
+                "the result of {} is for job {}, not this one",
+                view.node,
+                r.job
+            );
+        }
+        results.push(signed);
+    }
+    Ok((job, results))
+}
+
+/// The node named by a full peer id or a unique suffix, among those with results.
+fn pick_node(results: &[Signed<BuildResult>], wanted: &str) -> Result<NodeId> {
+    let mut nodes: Vec<NodeId> = results.iter().map(|r| r.message().node).collect();
+    nodes.sort();
+    nodes.dedup();
+    if let Some(n) = nodes.iter().find(|n| n.to_string() == wanted) {
+        return Ok(*n);
+    }
+    let matches: Vec<NodeId> = nodes
+        .iter()
+        .filter(|n| !wanted.is_empty() && n.to_string().ends_with(wanted))
+        .copied()
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => {
+            let list: Vec<String> = nodes.iter().map(NodeId::to_string).collect();
+            bail!(
+                "no result from a node {wanted:?}; nodes with results: {}",
+                if list.is_empty() {
+                    "none".into()
+                } else {
+                    list.join(", ")
+                }
+            )
+        }
+        _ => bail!("{wanted:?} matches several nodes; give more of the peer id"),
+    }
+}
+
+fn verify(path: &Path, signer: Option<&str>) -> Result<ExitCode> {
+    let signer: Option<NodeId> = signer
+        .map(|s| s.parse().with_context(|| format!("{s:?} is not a peer id")))
+        .transpose()?;
+    let bytes = read_bounded(path)?;
+    let entries = attest::verify_entries(&bytes)
+        .with_context(|| format!("{} is not an attestation file", path.display()))?;
+    let mut failed = 0usize;
+    for (i, entry) in entries.into_iter().enumerate() {
+        let n = i + 1;
+        match entry {
+            Ok(c) => match signer {
+                Some(want) if !c.signers().contains(&want) => {
+                    failed += 1;
+                    println!("FAIL  {n}: not signed by {want} ({c})");
+                }
+                _ => println!("ok    {n}: {c}"),
+            },
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {n}: {:#}", anyhow::Error::new(e));
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "{failed} envelope(s) of {} failed verification",
+            path.display()
+        );
+        return Ok(ExitCode::from(exit::FAILURE));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads at most [`attest::MAX_FILE`] bytes, refusing anything longer.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(attest::MAX_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    if bytes.len() > attest::MAX_FILE {
+        bail!(
+            "{} is larger than {} MiB: not a barn attestation file",
+            path.display(),
+            attest::MAX_FILE >> 20
+        );
+    }
+    Ok(bytes)
+}
