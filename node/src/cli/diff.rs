@@ -130,7 +130,10 @@ fn diff(client: &ApiClient, args: &DiffArgs) -> Result<(Report, u8)> {
         match verified_result(&detail, view) {
             Ok(r) => results.push(r),
             Err(err) => {
-                eprintln!("warning: {err:#}; left out");
+                // The human summary lists it; JSON readers still hear of it on stderr.
+                if args.json {
+                    eprintln!("warning: {err:#}; left out");
+                }
                 refused.insert(view.node.clone(), format!("{err:#}"));
             }
         }
@@ -730,7 +733,7 @@ fn print_comparison(
 ) {
     let nodes_of = |v: &str| variants.get(v).map(|n| who(n)).unwrap_or_default();
     println!(
-        "  * {} ({}) vs {} ({}):",
+        "  {} ({}) vs {} ({}):",
         show_variant(base),
         nodes_of(base),
         show_variant(&cmp.variant),
