@@ -227,3 +227,77 @@ fn a_tampered_stored_result_makes_verify_fail() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not verify"), "{err}");
 }
+
+#[test]
+fn demo_of_a_nondeterministic_project_says_differs_with_verifys_exit_code() {
+    ensure_image("tiny-x86_64");
+    let p = Project::new(&format!(
+        "{HEAD}replicas = 2\n[[task]]\nname = \"build\"\nrun = \"mkdir -p out && date +%s%N > out/stamp && echo fixed > out/fixed\"\n"
+    ));
+    let out = barn_shared(&[
+        "demo",
+        "--accel",
+        "tcg",
+        "--volunteers",
+        "2",
+        p.path().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verdict: differs"), "{stdout}");
+    assert!(stdout.contains("file out/stamp"), "{stdout}");
+    assert!(!stdout.contains("file out/fixed"), "{stdout}");
+}
+
+#[test]
+fn exported_attestations_verify_and_fail_after_one_byte_changes() {
+    let farm = Farm::start("tiny-x86_64", 2, &[]);
+    let p = Project::new(&format!(
+        "{HEAD}[[task]]\nname = \"build\"\nrun = \"mkdir -p out && echo attested > out/a\"\n"
+    ));
+    let (code, v) = submit(&farm, &p, "2");
+    assert_eq!(code, 0, "{v}");
+    let id = v["job"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("attest.json");
+    let out = farm
+        .submitter
+        .barn(&["attest", "export", id, "--out", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = farm
+        .submitter
+        .barn(&["attest", "verify", file.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The statements name the artifact with its blake3 digest.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let envs: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        envs.as_array().unwrap().len(),
+        3,
+        "two provenances and one summary"
+    );
+    // One byte changed in the middle of the file: verification fails.
+    let mut bytes = text.into_bytes();
+    let mid = bytes.len() / 2;
+    bytes[mid] = if bytes[mid] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&file, &bytes).unwrap();
+    let out = farm
+        .submitter
+        .barn(&["attest", "verify", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -11,8 +11,8 @@
 //! built-in comparison in [`crate::verify::diff`]: first differing byte, a line diff for
 //! small text, a hex window otherwise.
 //!
-//! Exit codes follow the verdict: 0 reproducible or pending, [`exit::DIFFERS`] when the
-//! outputs differ, [`exit::BUILD_FAILED`] when a replica's build failed.
+//! Exit codes follow the verdict, as for `barn verify`: 0 reproducible,
+//! [`super::exit::DIFFERS`], [`super::exit::VERDICT_FAILED`], [`super::exit::PENDING`].
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -31,7 +31,6 @@ use barn_protocol::{ContentHash, JobId, NodeId, Signed};
 use clap::Args;
 use serde::Serialize;
 
-use super::exit;
 use super::view::{short_hash, short_job, short_node, table};
 use crate::api::client::ApiClient;
 use crate::api::types::{JobDetail, ResultView};
@@ -146,11 +145,8 @@ fn diff(client: &ApiClient, args: &DiffArgs) -> Result<(Report, u8)> {
     } else {
         find_on_path("diffoscope")
     };
-    let code = match verdict.verdict {
-        Kind::Differs => exit::DIFFERS,
-        Kind::Failed => exit::BUILD_FAILED,
-        _ => 0,
-    };
+    // The same codes as `barn verify`: 0, 10 differs, 11 failed, 12 pending.
+    let code = super::verify::exit_code(verdict.verdict);
     let mut report = Report {
         job: detail.job.id.clone(),
         verdict: verdict.verdict,
@@ -1037,7 +1033,7 @@ mod tests {
             max_bytes: DEFAULT_MAX_BYTES,
         };
         let (report, code) = diff(&client, &args).unwrap();
-        assert_eq!(code, exit::DIFFERS);
+        assert_eq!(code, super::super::exit::DIFFERS);
         assert_eq!(report.verdict, Kind::Differs);
         assert_eq!(report.majority.len(), 2);
         assert!(report.refused.contains_key(&key(5).node_id().to_string()));
