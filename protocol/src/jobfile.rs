@@ -77,6 +77,7 @@ struct RawFile {
     env: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     task: Option<Spanned<Vec<Spanned<RawTask>>>>,
     tiebreak: Option<bool>,
+    vary: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +334,27 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<JobSpec>, JobFileError> {
         }
     }
 
+    let vary = match raw.vary {
+        None => Vec::new(),
+        Some(v) => {
+            let mut seen = BTreeSet::new();
+            for d in v.get_ref() {
+                if !crate::message::VARIATIONS.contains(&d.as_str()) {
+                    let known = crate::message::VARIATIONS.join(", ");
+                    return Err(cx.err(
+                        Some(v.span()),
+                        "vary",
+                        format!("{d:?} is not a variation; barn varies {known}"),
+                    ));
+                }
+                if !seen.insert(d.clone()) {
+                    return Err(cx.err(Some(v.span()), "vary", format!("{d:?} is listed twice")));
+                }
+            }
+            v.into_inner()
+        }
+    };
+
     let raw_tasks = raw
         .task
         .ok_or_else(|| cx.err(None, "task", "no [[task]]; a job needs at least one"))?;
@@ -397,6 +419,7 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<JobSpec>, JobFileError> {
             replicas,
             source_date_epoch,
             tiebreak: raw.tiebreak.unwrap_or(false),
+            vary: vary.clone(),
         })
         .collect())
 }

@@ -198,7 +198,23 @@ pub struct JobSpec {
     /// Added within v1: absent means `false`.
     #[serde(default)]
     pub tiebreak: bool,
+    /// What replicas vary to find out what a build depends on (see [`VARIATIONS`]):
+    /// replica 0 builds in the fixed environment, replica k ≥ 1 varies the k-th of these
+    /// alone, further replicas vary all of them. Added within v1: absent means none.
+    #[serde(default)]
+    pub vary: Vec<String>,
 }
+
+/// The environment variations a job may ask for, as reprotest varies them on one machine.
+pub const VARIATIONS: &[&str] = &[
+    "build_path",
+    "timezone",
+    "locale",
+    "umask",
+    "hostname",
+    "cpus",
+    "file_order",
+];
 
 /// A signed build job, on gossip `barn/jobs/1`. Its id is [`JobId`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +293,10 @@ pub enum GrantDecision {
         expires: u64,
         /// How often to send heartbeats, in seconds.
         heartbeat_secs: u64,
+        /// Which variant of the environment this replica builds in (see `JobSpec::vary`).
+        /// Added within v1: absent means 0, the fixed environment.
+        #[serde(default)]
+        variant: u32,
     },
     Denied {
         reason: String,
@@ -418,6 +438,10 @@ pub struct BuildResult {
     pub accel: Accel,
     pub qemu_version: String,
     pub finished: u64,
+    /// The variations this replica built under: dimension → value. Empty for the fixed
+    /// environment. Added within v1: absent means empty.
+    #[serde(default)]
+    pub variation: BTreeMap<String, String>,
 }
 
 impl Message for BuildResult {
@@ -459,6 +483,7 @@ mod tests {
                 replicas: 3,
                 source_date_epoch: 1_700_000_000,
                 tiebreak: false,
+                vary: vec![],
             },
             image_hash: ContentHash::of(b"image"),
             source: ContentHash::of(b"src"),
@@ -523,6 +548,7 @@ mod tests {
                     lease,
                     expires: 9,
                     heartbeat_secs: 5,
+                    variant: 0,
                 },
                 time: 5,
             },
@@ -573,6 +599,7 @@ mod tests {
                 accel: Accel::Tcg,
                 qemu_version: "7.2".into(),
                 finished: 7,
+                variation: Default::default(),
             },
             &key,
         );

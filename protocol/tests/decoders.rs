@@ -29,6 +29,7 @@ fn job() -> Job {
             replicas: 3,
             source_date_epoch: 1,
             tiebreak: false,
+            vary: vec![],
         },
         image_hash: ContentHash::of(b"i"),
         source: ContentHash::of(b"s"),

@@ -93,6 +93,15 @@ pub fn ensure_image(name: &str) {
     if built.iter().any(|n| n == name) {
         return;
     }
+    // Rebuild when the recipe (its script, the shared library or the guest init) changed
+    // since the image in the shared data dir was built.
+    let recipes = recipes_dir();
+    let mut text = Vec::new();
+    for f in ["lib.sh", "guest/init", &format!("{name}/build.sh")] {
+        text.extend(std::fs::read(recipes.join(f)).unwrap_or_default());
+    }
+    let stamp_path = shared_data_dir().join(format!("recipe-{name}.stamp"));
+    let stamp = barn_protocol::ContentHash::of(&text).to_string();
     let list = barn_shared(&["image", "list", "--json"]);
     let have = serde_json::from_slice::<serde_json::Value>(&list.stdout)
         .ok()
@@ -100,8 +109,8 @@ pub fn ensure_image(name: &str) {
         .unwrap_or_default()
         .iter()
         .any(|i| i["name"] == name);
-    if !have {
-        let recipes = recipes_dir();
+    let fresh = std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp);
+    if !have || !fresh {
         let out = barn_shared(&[
             "image",
             "build",
@@ -115,6 +124,7 @@ pub fn ensure_image(name: &str) {
             "barn image build {name} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        std::fs::write(&stamp_path, &stamp).unwrap_or_else(|e| panic!("{e}"));
     }
     built.push(name.to_string());
 }

@@ -301,3 +301,23 @@ fn exported_attestations_verify_and_fail_after_one_byte_changes() {
         .barn(&["attest", "verify", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn the_verdict_names_the_variation_that_split_the_replicas() {
+    let farm = Farm::start("tiny-x86_64", 3, &[]);
+    let p = Project::new(&format!(
+        "{HEAD}vary = [\"timezone\", \"umask\"]\n[[task]]\nname = \"build\"\nrun = \"mkdir -p out && date -d @$SOURCE_DATE_EPOCH > out/date && echo same > out/same\"\n"
+    ));
+    let (code, v) = submit(&farm, &p, "3");
+    assert_eq!(code, 10, "{v}");
+    assert_eq!(
+        v["verdict"]["explained_by"],
+        serde_json::json!(["timezone"]),
+        "{v}"
+    );
+    assert_eq!(v["verdict"]["files"][0]["path"], "out/date");
+    let out = farm.submitter.barn(&["verify", v["job"].as_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("split by the variation: timezone"), "{text}");
+    assert!(text.contains("varied timezone=KST-14"), "{text}");
+}

@@ -233,3 +233,53 @@ fn a_c_program_builds_with_make_in_the_debian_image() {
         "gcc output differs between two VM runs"
     );
 }
+
+#[test]
+fn variations_change_the_environment_a_replica_builds_in() {
+    let p = tiny(
+        "artifacts = [\"out/*\"]\nvary = [\"timezone\", \"umask\", \"build_path\", \"hostname\", \"locale\", \"cpus\", \"file_order\"]\n\
+         [[task]]\nname = \"probe\"\nrun = \"mkdir -p out && date -d @$SOURCE_DATE_EPOCH +%H > out/hour && touch out/f && stat -c %a out/f > out/mode && pwd > out/pwd && hostname > out/host && echo $LC_ALL > out/locale && nproc > out/cpus && find . -maxdepth 1 -type f | tr '\\\\n' ' ' > out/order\"\n",
+    )
+    .file("a", "1")
+    .file("b", "2")
+    .file("c", "3");
+    let read = |r: &barn_tests::RunResult, f: &str| {
+        std::fs::read_to_string(r.out_dir.path().join("artifacts/out").join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let control = run_job(p.path(), &["--variant", "0"]);
+    assert_eq!(control.code, 0, "{}\n{}", control.json, control.stderr);
+    assert_eq!(read(&control, "hour"), "22");
+    assert_eq!(read(&control, "mode"), "644");
+    assert_eq!(read(&control, "pwd"), "/build/src");
+    assert_eq!(read(&control, "host"), "barn");
+    assert_eq!(read(&control, "locale"), "C.UTF-8");
+    assert_eq!(read(&control, "cpus"), "1");
+    let expect = [
+        (1, "hour", "12"),
+        (2, "mode", "664"),
+        (3, "pwd", "/build/barn-varied-path/src"),
+        (4, "host", "barn-varied"),
+        (5, "locale", "fr_CH.UTF-8"),
+        (6, "cpus", "2"),
+    ];
+    for (variant, file, value) in expect {
+        let r = run_job(p.path(), &["--variant", &variant.to_string()]);
+        assert_eq!(r.code, 0, "{}\n{}", r.json, r.stderr);
+        assert_eq!(read(&r, file), value, "variant {variant}");
+        assert_ne!(r.json["manifest_root"], control.json["manifest_root"]);
+    }
+    // File order: the same names, listed in another order.
+    let r = run_job(p.path(), &["--variant", "7"]);
+    assert_eq!(r.code, 0, "{}", r.json);
+    let (a, b) = (read(&control, "order"), read(&r, "order"));
+    assert_ne!(a, b, "directory order did not change");
+    let sorted = |s: &str| {
+        let mut v: Vec<_> = s.split_whitespace().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&a), sorted(&b));
+}

@@ -983,6 +983,7 @@ mod tests {
                 accel: Accel::Tcg,
                 qemu_version: String::new(),
                 finished: 0,
+                variation: Default::default(),
             }
         };
         let view = |shown_as: u8, signed_by: u8, entries: &[Entry]| ResultView {

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// Do not stream the guest's console.
     #[arg(long, short)]
     quiet: bool,
+    /// Build as replica N of a job that varies its environment (`vary` in barn.toml):
+    /// 0 is the fixed environment, N varies the N-th listed dimension, more vary all.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    variant: u32,
     /// Keep at most this much of the guest's console log (e.g. 16MiB); the rest is counted.
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size_arg)]
     log_cap: u64,
@@ -137,6 +141,11 @@ pub fn run(args: RunArgs, dirs: &Dirs) -> Result<ExitCode> {
             source_tar,
             image,
             out_dir: out_dir.clone(),
+            variation: crate::runner::variation::Variation::for_replica(
+                &spec.vary,
+                args.variant,
+                spec.resources.cpus,
+            ),
         };
         let quiet = args.quiet;
         let show = tokio::spawn(async move {

@@ -128,11 +128,19 @@ pub fn report(d: &JobDetail, json: bool) -> Result<u8> {
     for s in &c.results {
         let m = s.message();
         let node = NodeId(s.signer()).to_string();
-        let mark = if v.minority.contains(&node) {
-            "  (minority)"
+        let mut mark = if v.minority.contains(&node) {
+            "  (minority)".to_string()
         } else {
-            ""
+            String::new()
         };
+        if !m.variation.is_empty() {
+            let vars: Vec<_> = m
+                .variation
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            mark.push_str(&format!("  varied {}", vars.join(" ")));
+        }
         println!(
             "  node {}  {:<9} manifest {}  log {}  boot {} ms, run {} ms, total {} ms, {}  signature ok{mark}",
             short(&node),
@@ -157,6 +165,9 @@ pub fn report(d: &JobDetail, json: bool) -> Result<u8> {
         ),
         Kind::Differs => {
             println!("verdict: differs ({} file(s) differ)", v.files.len());
+            if !v.explained_by.is_empty() {
+                println!("  split by the variation: {}", v.explained_by.join(", "));
+            }
             if !v.majority.is_empty() {
                 println!(
                     "  majority: {}",

@@ -184,7 +184,10 @@ impl Actor {
                 .list_leases(&rec.id)
                 .unwrap_or_default()
                 .into_iter()
-                .map(|l| Lease {
+                .enumerate()
+                .map(|(i, l)| Lease {
+                    // Leases are listed in grant order, so the ordinal is the variant.
+                    variant: u32::try_from(i).unwrap_or(u32::MAX),
                     id: l.id,
                     node: l.node,
                     granted: l.granted_at,
@@ -427,7 +430,11 @@ impl Actor {
         for a in actions {
             match a {
                 Action::Claim { job, coordinator } => self.claim(job, coordinator),
-                Action::Start { job, lease } => self.start(job, lease),
+                Action::Start {
+                    job,
+                    lease,
+                    variant,
+                } => self.start(job, lease, variant),
             }
         }
     }
@@ -470,7 +477,7 @@ impl Actor {
         self.pending.insert(id, Pending::Claim(job));
     }
 
-    fn start(&mut self, job: JobId, lease: LeaseId) {
+    fn start(&mut self, job: JobId, lease: LeaseId, variant: u32) {
         let Ok(Some(rec)) = self.p.db.get_job(&job) else {
             return;
         };
@@ -501,7 +508,8 @@ impl Actor {
             cancel: self.cancel.child_token(),
         };
         let job_msg = signed.message().clone();
-        self.tasks.spawn(work::run(ctx, job, lease, job_msg));
+        self.tasks
+            .spawn(work::run(ctx, job, lease, variant, job_msg));
         self.advertise();
     }
 

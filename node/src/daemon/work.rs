@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use crate::net::blobs;
+use crate::runner::variation::Variation;
 use crate::runner::{self, ImageStore, RunRequest, Runner};
 use crate::store::blobs::{BlobStore, BlobWriter};
 
@@ -69,10 +70,11 @@ pub struct WorkOutcome {
 }
 
 /// Runs `job` under `lease` and signs the result.
-pub async fn run(ctx: Context, id: JobId, lease: LeaseId, job: Job) -> WorkOutcome {
+pub async fn run(ctx: Context, id: JobId, lease: LeaseId, variant: u32, job: Job) -> WorkOutcome {
     let span = info_span!("job", job = %id.short());
     async move {
-        let result = match execute(&ctx, id, &job).await {
+        let variation = Variation::for_replica(&job.spec.vary, variant, job.spec.resources.cpus);
+        let result = match execute(&ctx, id, &job, &variation).await {
             Ok(r) => r,
             Err(e) => {
                 warn!("job failed before or around the VM: {e:#}");
@@ -110,6 +112,7 @@ fn error_result(ctx: &Context, id: JobId, job: &Job, reason: String) -> BuildRes
         accel: ctx.accel,
         qemu_version: String::new(),
         finished: super::now(),
+        variation: Default::default(),
     }
 }
 
@@ -124,7 +127,12 @@ async fn progress(ctx: &Context, job: JobId, phase: Phase, log_bytes: u64) {
         .await;
 }
 
-async fn execute(ctx: &Context, id: JobId, job: &Job) -> Result<BuildResult> {
+async fn execute(
+    ctx: &Context,
+    id: JobId,
+    job: &Job,
+    variation: &Variation,
+) -> Result<BuildResult> {
     let started = std::time::Instant::now();
     let coordinator = job.coordinator.to_peer_id();
     progress(ctx, id, Phase::Fetching, 0).await;
@@ -173,6 +181,7 @@ async fn execute(ctx: &Context, id: JobId, job: &Job) -> Result<BuildResult> {
         source_tar: source,
         image,
         out_dir: ctx.out_dir.clone(),
+        variation: variation.clone(),
     };
     let (tx, mut rx) = mpsc::channel(256);
     let forward = {
@@ -237,6 +246,7 @@ async fn execute(ctx: &Context, id: JobId, job: &Job) -> Result<BuildResult> {
         accel: report.accel,
         qemu_version: report.qemu_version.clone(),
         finished: super::now(),
+        variation: variation.applied.clone(),
     })
 }
 

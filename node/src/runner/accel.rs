@@ -112,12 +112,14 @@ async fn canary(runner: &Runner, image: super::Image, data_dir: &Path) -> bool {
         replicas: 1,
         source_date_epoch: 0,
         tiebreak: false,
+        vary: vec![],
     };
     let req = RunRequest {
         spec,
         source_tar: source,
         image,
         out_dir: dir.path().join("out"),
+        variation: Default::default(),
     };
     let cancel = CancellationToken::new();
     let (tx, _rx) = tokio::sync::mpsc::channel(16);

@@ -22,6 +22,8 @@ const TAIL_LINES: usize = 5;
 #[derive(Debug)]
 pub enum Mark {
     Ready,
+    /// The init applied the replica's variations.
+    Vary,
     TaskStart(String),
     TaskExit(String, i32, u64),
     Result,
@@ -39,6 +41,7 @@ fn parse_mark(line: &str) -> Option<Mark> {
     let words: Vec<&str> = rest.split(' ').collect();
     match words.as_slice() {
         ["ready", ..] => Some(Mark::Ready),
+        ["vary", ..] => Some(Mark::Vary),
         ["task", name, "start"] => Some(Mark::TaskStart(name.to_string())),
         ["task", name, "exit", rc, "ms", ms] => Some(Mark::TaskExit(
             name.to_string(),

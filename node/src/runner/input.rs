@@ -4,6 +4,8 @@
 //! job/epoch            SOURCE_DATE_EPOCH, decimal
 //! job/env              KEY=VALUE lines (values have no newline: the job file refuses them)
 //! job/artifacts        one glob a line, relative to /build/src
+//! job/vary            KEY=VALUE overrides of the fixed environment (BUILD_DIR, TZ, LC_ALL,
+//!                      UMASK, HOSTNAME) for a replica that varies them; usually empty
 //! job/tasks/NNN-name   each task's script, run in name order by `sh -e` as user build
 //! src/…                the packed source tree, re-rooted under src/
 //! ```
@@ -14,6 +16,8 @@ use std::path::Path;
 
 use barn_protocol::message::JobSpec;
 use barn_protocol::pack::PACK_MTIME;
+
+use super::variation::Variation;
 
 /// The file name of task `index` in `job/tasks/`; the guest reports tasks by this name.
 pub fn task_file_name(index: usize, name: &str) -> String {
@@ -54,8 +58,33 @@ fn add_dir<W: Write>(b: &mut tar::Builder<W>, path: &str) -> io::Result<()> {
     )
 }
 
+/// The most source bytes held in memory to reorder them (the `file_order` variation).
+const MAX_REORDER: u64 = 1 << 30;
+
+/// Orders paths so that each directory's entries come in reverse, parents still first.
+fn reversed_sibling_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut x, mut y) = (
+        a.trim_end_matches('/').split('/'),
+        b.trim_end_matches('/').split('/'),
+    );
+    loop {
+        match (x.next(), y.next()) {
+            (Some(p), Some(q)) if p == q => continue,
+            (Some(p), Some(q)) => return q.cmp(p),
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (None, None) => return std::cmp::Ordering::Equal,
+        }
+    }
+}
+
 /// Writes the input disk for `spec` with the source tar `source` to `out`; returns its size.
-pub fn write_input(spec: &JobSpec, source: &Path, out: &Path) -> io::Result<u64> {
+pub fn write_input(
+    spec: &JobSpec,
+    source: &Path,
+    out: &Path,
+    variation: &Variation,
+) -> io::Result<u64> {
     let file = File::create(out)?;
     let mut b = tar::Builder::new(BufWriter::new(file));
     add_dir(&mut b, "job/")?;
@@ -68,6 +97,7 @@ pub fn write_input(spec: &JobSpec, source: &Path, out: &Path) -> io::Result<u64>
     add_file(&mut b, "job/env", env.as_bytes())?;
     let globs: String = spec.artifacts.iter().map(|g| format!("{g}\n")).collect();
     add_file(&mut b, "job/artifacts", globs.as_bytes())?;
+    add_file(&mut b, "job/vary", variation.guest_file().as_bytes())?;
     add_dir(&mut b, "job/tasks/")?;
     for (i, t) in spec.tasks.iter().enumerate() {
         add_file(
@@ -78,19 +108,32 @@ pub fn write_input(spec: &JobSpec, source: &Path, out: &Path) -> io::Result<u64>
     }
     add_dir(&mut b, "src/")?;
     let mut archive = tar::Archive::new(io::BufReader::new(File::open(source)?));
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let mut h = entry.header().clone();
-        let new_path = format!("src/{path}");
-        if entry.header().entry_type().is_symlink() {
-            let target = entry
-                .link_name()?
-                .map(|t| t.into_owned())
-                .unwrap_or_default();
-            b.append_link(&mut h, &new_path, target)?;
-        } else {
-            b.append_data(&mut h, &new_path, &mut entry)?;
+    if variation.reverse_file_order() {
+        if std::fs::metadata(source)?.len() > MAX_REORDER {
+            return Err(io::Error::other(
+                "the source is too large to vary its file order",
+            ));
+        }
+        let mut entries = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let link = entry.link_name()?.map(|t| t.into_owned());
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut entry, &mut data)?;
+            entries.push((path, entry.header().clone(), link, data));
+        }
+        entries.sort_by(|a, b| reversed_sibling_order(&a.0, &b.0));
+        for (path, mut h, link, data) in entries {
+            append(&mut b, &path, &mut h, link, &data[..])?;
+        }
+    } else {
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let link = entry.link_name()?.map(|t| t.into_owned());
+            let mut h = entry.header().clone();
+            append(&mut b, &path, &mut h, link, &mut entry)?;
         }
     }
     let mut w = b.into_inner()?;
@@ -98,6 +141,21 @@ pub fn write_input(spec: &JobSpec, source: &Path, out: &Path) -> io::Result<u64>
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(file.metadata()?.len())
+}
+
+fn append<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    h: &mut tar::Header,
+    link: Option<std::path::PathBuf>,
+    data: impl io::Read,
+) -> io::Result<()> {
+    let new_path = format!("src/{path}");
+    if h.entry_type().is_symlink() {
+        b.append_link(h, &new_path, link.unwrap_or_default())
+    } else {
+        b.append_data(h, &new_path, data)
+    }
 }
 
 #[cfg(test)]
@@ -134,9 +192,10 @@ mod tests {
             replicas: 1,
             source_date_epoch: 42,
             tiebreak: false,
+            vary: vec![],
         };
         let out = dir.path().join("input.tar");
-        write_input(&spec, &source, &out).unwrap();
+        write_input(&spec, &source, &out, &Variation::default()).unwrap();
         let mut names = Vec::new();
         for e in tar::Archive::new(File::open(&out).unwrap())
             .entries()
@@ -151,6 +210,7 @@ mod tests {
                 "job/epoch",
                 "job/env",
                 "job/artifacts",
+                "job/vary",
                 "job/tasks/",
                 "job/tasks/000-build",
                 "job/tasks/001-check",

@@ -24,6 +24,7 @@ pub mod image;
 pub mod input;
 pub mod output;
 pub mod qemu;
+pub mod variation;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -96,6 +97,8 @@ pub struct RunRequest {
     pub image: Image,
     /// Where the log (`log`) and the artifacts (`artifacts/`) are kept afterwards.
     pub out_dir: PathBuf,
+    /// What this replica varies (default: nothing).
+    pub variation: variation::Variation,
 }
 
 /// Progress, for displays and heartbeats.
@@ -199,7 +202,11 @@ impl Runner {
         let spec = &req.spec;
         {
             let (spec, src, input) = (spec.clone(), req.source_tar.clone(), input.clone());
-            tokio::task::spawn_blocking(move || input::write_input(&spec, &src, &input)).await??;
+            let variation = req.variation.clone();
+            tokio::task::spawn_blocking(move || {
+                input::write_input(&spec, &src, &input, &variation)
+            })
+            .await??;
         }
         std::fs::File::create(&output)?.set_len(spec.resources.disk_bytes)?;
 
@@ -208,7 +215,12 @@ impl Runner {
         let vm = qemu::VmConfig {
             qemu: qemu_bin.clone(),
             accel,
-            cpus: spec.resources.cpus.min(self.cfg.max_cpus).max(1),
+            cpus: req
+                .variation
+                .cpus()
+                .unwrap_or(spec.resources.cpus)
+                .min(self.cfg.max_cpus)
+                .max(1),
             memory_mib: (spec.resources.memory_bytes.min(self.cfg.max_memory_bytes) >> 20).max(64),
             kernel: req.image.kernel(),
             initrd: req.image.initrd(),
@@ -260,6 +272,8 @@ impl Runner {
         let mut seen_tasks: Vec<TaskOutcome> = Vec::new();
         let mut running: Option<(usize, Instant)> = None;
         let timeout = Duration::from_secs(spec.timeout_secs);
+        // Whether the guest init reported applying this replica's variations.
+        let mut varied = false;
         let ending = loop {
             let deadline = match (t_run, t_done) {
                 (_, Some(done)) => done + COLLECT_DEADLINE,
@@ -274,6 +288,7 @@ impl Runner {
                     break Ending::Exited;
                 }
                 Some(mark) = marks.recv() => match mark {
+                    console::Mark::Vary => varied = true,
                     console::Mark::Ready => {
                         boot_ms = t_boot.elapsed().as_millis() as u64;
                         t_run = Some(Instant::now());
@@ -429,6 +444,19 @@ impl Runner {
                     },
                 }
             }
+        };
+        // An image whose init predates variations would build in the fixed environment
+        // while the result claims otherwise: that is an infrastructure error.
+        let status = if !req.variation.guest_file().is_empty()
+            && !varied
+            && matches!(status, BuildStatus::Succeeded | BuildStatus::Failed { .. })
+        {
+            BuildStatus::Error {
+                reason: "the image's guest init did not apply the variations; rebuild the image"
+                    .into(),
+            }
+        } else {
+            status
         };
         if log.dropped > 0 {
             notes.push(format!(

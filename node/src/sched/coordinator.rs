@@ -64,6 +64,8 @@ pub struct Lease {
     pub granted: u64,
     pub expires: u64,
     pub state: LeaseState,
+    /// Which environment variant the replica builds in: the lease's ordinal in its job.
+    pub variant: u32,
 }
 
 /// A job this node coordinates.
@@ -228,6 +230,7 @@ impl Coordinator {
                 lease: l.id,
                 expires: l.expires,
                 heartbeat_secs: HEARTBEAT_SECS,
+                variant: l.variant,
             };
         }
         if j.leases
@@ -250,11 +253,13 @@ impl Coordinator {
             granted: now,
             expires: now + LEASE_SECS,
             state: LeaseState::Active,
+            variant: u32::try_from(j.leases.len()).unwrap_or(u32::MAX),
         };
         let decision = GrantDecision::Granted {
             lease: lease.id,
             expires: lease.expires,
             heartbeat_secs: HEARTBEAT_SECS,
+            variant: lease.variant,
         };
         j.leases.push(lease);
         decision

@@ -93,6 +93,7 @@ impl Harness {
                 replicas,
                 source_date_epoch: 0,
                 tiebreak: false,
+                vary: vec![],
             },
             image_hash: ContentHash::of(b"img"),
             source: ContentHash::of(b"src"),
@@ -189,7 +190,7 @@ impl Harness {
                             .map(|a| (i, a)),
                     );
                 }
-                Action::Start { job, lease } => {
+                Action::Start { job, lease, .. } => {
                     self.running.entry(me).or_default().push((job, lease))
                 }
             }
@@ -234,6 +235,7 @@ fn fake_result(
         accel: Accel::Tcg,
         qemu_version: "test".into(),
         finished: 0,
+        variation: Default::default(),
     }
 }
 

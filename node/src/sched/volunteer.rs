@@ -19,7 +19,11 @@ pub enum Action {
     /// Send a claim for `job` to its coordinator.
     Claim { job: JobId, coordinator: NodeId },
     /// Run `job` under `lease`.
-    Start { job: JobId, lease: LeaseId },
+    Start {
+        job: JobId,
+        lease: LeaseId,
+        variant: u32,
+    },
 }
 
 /// Where one known job stands.
@@ -104,11 +108,12 @@ impl Volunteer {
                 return out;
             }
             match decision {
-                GrantDecision::Granted { lease, .. } => {
+                GrantDecision::Granted { lease, variant, .. } => {
                     k.state = State::Running { lease: *lease };
                     out.push(Action::Start {
                         job: *id,
                         lease: *lease,
+                        variant: *variant,
                     });
                 }
                 GrantDecision::Denied { reason } => {

@@ -1161,6 +1161,7 @@ mod tests {
                 replicas: 2,
                 source_date_epoch: 1_700_000_000,
                 tiebreak: false,
+                vary: vec![],
             },
             image_hash: ContentHash::of(b"image"),
             source: ContentHash::of(b"source"),
@@ -1202,6 +1203,7 @@ mod tests {
             accel: Accel::Tcg,
             qemu_version: "8.2.2".into(),
             finished: 1_700_000_100,
+            variation: Default::default(),
         };
         Signed::sign(r, node)
     }

@@ -67,6 +67,10 @@ pub struct Verdict {
     pub files: Vec<FileDiff>,
     /// Results left out, with why (infrastructure errors, another image or arch).
     pub ignored: BTreeMap<String, String>,
+    /// The environment variations (`vary` in the job) that split the succeeded results:
+    /// every replica that applied it made one output, every replica that did not made
+    /// another.
+    pub explained_by: Vec<String>,
 }
 
 fn describe(e: &Entry) -> String {
@@ -132,6 +136,7 @@ pub fn judge(job: &Job, results: &[(NodeId, BuildResult)]) -> Verdict {
         failures,
         files: vec![],
         ignored,
+        explained_by: vec![],
     };
     // Group succeeded nodes by root.
     let mut by_root: BTreeMap<ContentHash, Vec<String>> = BTreeMap::new();
@@ -150,6 +155,7 @@ pub fn judge(job: &Job, results: &[(NodeId, BuildResult)]) -> Verdict {
         .collect();
     if by_root.len() > 1 {
         v.files = file_table(&ok);
+        v.explained_by = explain(&ok);
     }
     v.verdict = if !v.failures.is_empty() {
         Kind::Failed
@@ -162,6 +168,25 @@ pub fn judge(job: &Job, results: &[(NodeId, BuildResult)]) -> Verdict {
         Kind::Pending
     };
     v
+}
+
+/// The variation dimensions whose presence alone decides each succeeded result's root.
+fn explain(ok: &[(String, &BuildResult)]) -> Vec<String> {
+    let dims: BTreeSet<&String> = ok.iter().flat_map(|(_, r)| r.variation.keys()).collect();
+    let mut out = Vec::new();
+    for d in dims {
+        let roots = |varied: bool| -> BTreeSet<ContentHash> {
+            ok.iter()
+                .filter(|(_, r)| r.variation.contains_key(d) == varied)
+                .map(|(_, r)| r.manifest_root)
+                .collect()
+        };
+        let (with, without) = (roots(true), roots(false));
+        if with.len() == 1 && without.len() == 1 && with != without {
+            out.push(d.clone());
+        }
+    }
+    out
 }
 
 /// Per path, what each node produced, for the paths where they are not all the same.
@@ -213,6 +238,7 @@ mod tests {
                 replicas,
                 source_date_epoch: 0,
                 tiebreak: false,
+                vary: vec![],
             },
             image_hash: ContentHash::of(b"img"),
             source: ContentHash::of(b"s"),
@@ -254,6 +280,7 @@ mod tests {
             accel: Accel::Tcg,
             qemu_version: String::new(),
             finished: 0,
+            variation: Default::default(),
         }
     }
 
@@ -317,5 +344,103 @@ mod tests {
         let v = judge(&job(2), &[(node(1), ok), (node(2), other), (node(3), err)]);
         assert_eq!(v.verdict, Kind::Pending);
         assert_eq!(v.ignored.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod variation_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    #[test]
+    fn the_variation_that_splits_the_results_is_named() {
+        let base = result(&[("out/date", b"Tue Nov 14 22:13:20 UTC 2023")]);
+        let tz = with_variation(
+            result(&[("out/date", b"Wed Nov 15 12:13:20 KST 2023")]),
+            &[("timezone", "KST-14")],
+        );
+        let um = with_variation(base.clone(), &[("umask", "0002")]);
+        let v = judge(&job(3), &[(node(1), base), (node(2), tz), (node(3), um)]);
+        assert_eq!(v.verdict, Kind::Differs);
+        assert_eq!(v.explained_by, vec!["timezone".to_string()]);
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+    use barn_protocol::SecretKey;
+    use barn_protocol::manifest::Manifest;
+    use barn_protocol::message::*;
+
+    pub fn job(replicas: u8) -> Job {
+        Job {
+            spec: JobSpec {
+                image: "tiny-x86_64".into(),
+                arch: "x86_64".into(),
+                tasks: vec![],
+                env: Default::default(),
+                artifacts: vec![],
+                resources: Resources::default(),
+                timeout_secs: 1,
+                replicas,
+                source_date_epoch: 0,
+                tiebreak: false,
+                vary: vec!["timezone".into(), "umask".into()],
+            },
+            image_hash: ContentHash::of(b"img"),
+            source: ContentHash::of(b"s"),
+            source_size: 0,
+            coordinator: SecretKey::from_seed([0; 32]).node_id(),
+            coordinator_addrs: vec![],
+            created: 0,
+            expires: 10,
+            nonce: serde_bytes::ByteArray::new([0; 16]),
+        }
+    }
+
+    pub fn result(files: &[(&str, &[u8])]) -> BuildResult {
+        let entries = files
+            .iter()
+            .map(|(p, c)| Entry {
+                path: p.to_string(),
+                kind: EntryKind::File,
+                executable: false,
+                size: c.len() as u64,
+                hash: Some(ContentHash::of(c)),
+                target: None,
+            })
+            .collect();
+        let manifest = Manifest::new(entries);
+        BuildResult {
+            job: JobId(ContentHash::of(b"j")),
+            lease: None,
+            node: SecretKey::from_seed([0; 32]).node_id(),
+            status: BuildStatus::Succeeded,
+            tasks: vec![],
+            manifest_root: manifest.root(),
+            manifest,
+            log_hash: ContentHash::of(b""),
+            log_size: 0,
+            timings: Timings::default(),
+            image_hash: ContentHash::of(b"img"),
+            arch: "x86_64".into(),
+            accel: Accel::Tcg,
+            qemu_version: String::new(),
+            finished: 0,
+            variation: Default::default(),
+        }
+    }
+
+    pub fn with_variation(mut r: BuildResult, v: &[(&str, &str)]) -> BuildResult {
+        r.variation = v
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        r
+    }
+
+    pub fn node(i: u8) -> NodeId {
+        SecretKey::from_seed([i; 32]).node_id()
     }
 }
