@@ -33,6 +33,10 @@ pub struct Config {
     pub max_cpus: u32,
     /// Most memory one job gets.
     pub max_memory_bytes: u64,
+    /// Largest output quota one job may ask for.
+    pub max_disk_bytes: u64,
+    /// Longest timeout one job may ask for.
+    pub max_timeout: Duration,
     /// `auto`, `kvm` or `tcg`.
     pub accel: String,
     /// How often the node advertises itself.
@@ -62,6 +66,8 @@ struct RawNode {
     slots: Option<u32>,
     max_cpus: Option<u32>,
     max_memory: Option<String>,
+    max_disk: Option<String>,
+    max_timeout: Option<String>,
     accel: Option<String>,
     advert_interval: Option<String>,
     announce_interval: Option<String>,
@@ -85,6 +91,8 @@ const KNOWN: &[&str] = &[
     "node.slots",
     "node.max_cpus",
     "node.max_memory",
+    "node.max_disk",
+    "node.max_timeout",
     "node.accel",
     "node.advert_interval",
     "node.announce_interval",
@@ -156,6 +164,13 @@ impl Config {
                 format!("{name}: node.max_memory = {s:?} is not a size (write e.g. 4GiB)")
             })?,
         };
+        let max_disk_bytes = match node.max_disk {
+            None => 8 << 30,
+            Some(s) => parse_size(&s).with_context(|| {
+                format!("{name}: node.max_disk = {s:?} is not a size (write e.g. 8GiB)")
+            })?,
+        };
+        let max_timeout = dur(node.max_timeout, "node.max_timeout", 2 * 3600)?;
         let mut trusted = Vec::new();
         for s in trust.submitters.unwrap_or_default() {
             trusted.push(s.parse::<SubmitterId>().with_context(|| {
@@ -189,6 +204,8 @@ impl Config {
                 slots,
                 max_cpus: node.max_cpus.unwrap_or(cpus).clamp(1, 256),
                 max_memory_bytes,
+                max_disk_bytes,
+                max_timeout,
                 accel,
                 advert_interval: dur(node.advert_interval, "node.advert_interval", 30)?,
                 announce_interval: dur(node.announce_interval, "node.announce_interval", 10)?,

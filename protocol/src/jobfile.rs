@@ -424,6 +424,65 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<JobSpec>, JobFileError> {
         .collect())
 }
 
+/// Checks a job spec received from a peer against the rules the job-file parser enforces,
+/// so that a hand-made job cannot ask a volunteer for more than a job file could.
+pub fn validate(spec: &JobSpec) -> Result<(), String> {
+    let fail = |m: String| Err(m);
+    if !valid_name(&spec.image) || !valid_name(&spec.arch) {
+        return fail("image and arch must be names".into());
+    }
+    if spec.tasks.is_empty() || spec.tasks.len() > MAX_TASKS {
+        return fail(format!("a job has 1 to {MAX_TASKS} tasks"));
+    }
+    let mut names = BTreeSet::new();
+    for t in &spec.tasks {
+        if !valid_name(&t.name) || t.name.len() > 64 || !names.insert(&t.name) {
+            return fail(format!("task name {:?} is invalid or repeated", t.name));
+        }
+        if t.run.trim().is_empty() || t.run.len() > MAX_TASK_SCRIPT || t.run.contains('\0') {
+            return fail(format!(
+                "task {:?} has an empty or oversized script",
+                t.name
+            ));
+        }
+    }
+    if spec.env.len() > MAX_ENV_VARS {
+        return fail(format!("at most {MAX_ENV_VARS} environment variables"));
+    }
+    for (k, v) in &spec.env {
+        if !valid_env_name(k) || RESERVED_ENV.contains(&k.as_str()) || k.starts_with("BARN_") {
+            return fail(format!("environment variable {k:?} is not allowed"));
+        }
+        if v.len() > 4096 || v.contains(['\0', '\n', '\r']) {
+            return fail(format!("environment variable {k:?} has a bad value"));
+        }
+    }
+    if spec.artifacts.len() > MAX_ARTIFACT_GLOBS {
+        return fail(format!("at most {MAX_ARTIFACT_GLOBS} artifact globs"));
+    }
+    for g in &spec.artifacts {
+        check_glob(g).map_err(|m| format!("artifact glob {g:?}: {m}"))?;
+    }
+    let r = &spec.resources;
+    if !(1..=64).contains(&r.cpus)
+        || !((64 << 20)..=(64 << 30)).contains(&r.memory_bytes)
+        || !((1 << 20)..=(1 << 40)).contains(&r.disk_bytes)
+    {
+        return fail("resources out of range".into());
+    }
+    if !(1..=48 * 3600).contains(&spec.timeout_secs) || !(1..=MAX_REPLICAS).contains(&spec.replicas)
+    {
+        return fail("timeout or replicas out of range".into());
+    }
+    let mut seen = BTreeSet::new();
+    for d in &spec.vary {
+        if !crate::message::VARIATIONS.contains(&d.as_str()) || !seen.insert(d) {
+            return fail(format!("variation {d:?} is unknown or repeated"));
+        }
+    }
+    Ok(())
+}
+
 fn size_in(
     cx: &Ctx<'_>,
     v: &Spanned<String>,
@@ -638,6 +697,17 @@ run = "mkdir -p out && echo \"$GREETING\" > out/hello.txt"
         assert!(e.starts_with("barn.toml:1"), "{e}");
         let e = err(&EXAMPLE.replace("out/*", "../x"));
         assert!(e.contains("artifacts") && e.contains("`..`"), "{e}");
+    }
+
+    #[test]
+    fn parsed_specs_validate_and_out_of_range_ones_do_not() {
+        let mut spec = parse(EXAMPLE, "barn.toml").unwrap().remove(0);
+        assert_eq!(validate(&spec), Ok(()));
+        spec.resources.disk_bytes = 2 << 40;
+        assert!(validate(&spec).is_err());
+        let mut spec = parse(EXAMPLE, "barn.toml").unwrap().remove(0);
+        spec.env.insert("TZ".into(), "x".into());
+        assert!(validate(&spec).is_err());
     }
 
     #[test]

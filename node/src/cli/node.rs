@@ -53,6 +53,13 @@ pub fn run(args: NodeArgs, dirs: &Dirs) -> Result<ExitCode> {
         );
     }
     if let Some(api) = args.api {
+        let addr: std::net::SocketAddr = api
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--api {api:?}: {e}"))?;
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "--api must be a loopback address; the API is for this machine only"
+        );
         cfg.api_listen = api;
     }
     if let Some(s) = args.slots {

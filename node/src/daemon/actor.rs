@@ -141,6 +141,8 @@ impl Actor {
             memory_bytes: p.cfg.max_memory_bytes,
             slots: p.cfg.slots,
             images: Default::default(),
+            max_disk_bytes: p.cfg.max_disk_bytes,
+            max_timeout_secs: p.cfg.max_timeout.as_secs(),
         };
         let trust = Trust {
             submitters: p.cfg.trusted.iter().copied().collect(),
@@ -852,6 +854,10 @@ impl Actor {
             debug!("invalid job announcement: {e}");
             true
         })?;
+        if let Err(why) = barn_protocol::jobfile::validate(&signed.message().spec) {
+            debug!("job announcement out of bounds: {why}");
+            return Err(true);
+        }
         let id = JobId::of(&signed);
         let job = signed.message().clone();
         let now = now();
@@ -1009,6 +1015,7 @@ impl Actor {
 
     fn submit(&mut self, bytes: &[u8]) -> Result<String, String> {
         let signed = Signed::<Job>::from_bytes(bytes).map_err(|e| e.to_string())?;
+        barn_protocol::jobfile::validate(&signed.message().spec)?;
         let job = signed.message().clone();
         if job.coordinator != self.me {
             return Err(format!(

@@ -20,6 +20,7 @@
 //! job. Concurrent VMs are bounded by a semaphore; CPUs and memory by the node's limits.
 
 pub mod accel;
+pub mod confine;
 pub mod image;
 pub mod input;
 pub mod output;
@@ -68,6 +69,9 @@ pub struct RunnerConfig {
     pub accel: Option<Accel>,
     /// Keep work directories after the run (for debugging).
     pub keep_work: bool,
+    /// Start QEMU under resource limits, and as `nobody` when running as root
+    /// ([`confine`]). Off only for debugging.
+    pub confine: bool,
 }
 
 impl RunnerConfig {
@@ -84,6 +88,7 @@ impl RunnerConfig {
             log_cap: 16 << 20,
             accel: None,
             keep_work: false,
+            confine: true,
         }
     }
 }
@@ -192,10 +197,11 @@ impl Runner {
             let _ = events.try_send(e);
         };
         emit(Event::Phase(Phase::Preparing));
-        std::fs::create_dir_all(&self.cfg.work_dir)?;
+        let drop_privileges = self.cfg.confine && confine::is_root();
+        let vm_root = confine::vm_root(&self.cfg.work_dir, drop_privileges)?;
         let work = tempfile::Builder::new()
             .prefix("job-")
-            .tempdir_in(&self.cfg.work_dir)?;
+            .tempdir_in(&vm_root)?;
         std::fs::create_dir_all(&req.out_dir)?;
         let input = work.path().join("input.tar");
         let output = work.path().join("output.img");
@@ -209,6 +215,17 @@ impl Runner {
             .await??;
         }
         std::fs::File::create(&output)?.set_len(spec.resources.disk_bytes)?;
+        let (kernel, initrd, root) = if drop_privileges {
+            confine::stage(
+                work.path(),
+                &req.image.kernel(),
+                &req.image.initrd(),
+                req.image.root().as_deref(),
+                &output,
+            )?
+        } else {
+            (req.image.kernel(), req.image.initrd(), req.image.root())
+        };
 
         let qemu_bin = PathBuf::from(qemu::qemu_binary(&spec.arch));
         let qemu_version = qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
@@ -222,9 +239,9 @@ impl Runner {
                 .min(self.cfg.max_cpus)
                 .max(1),
             memory_mib: (spec.resources.memory_bytes.min(self.cfg.max_memory_bytes) >> 20).max(64),
-            kernel: req.image.kernel(),
-            initrd: req.image.initrd(),
-            root: req.image.root(),
+            kernel,
+            initrd,
+            root,
             input: input.clone(),
             output: output.clone(),
             tsc_khz: self.tsc_khz,
@@ -235,13 +252,24 @@ impl Runner {
         emit(Event::Phase(Phase::Booting));
         let log_path = req.out_dir.join("log");
         let t_boot = Instant::now();
-        let mut cmd = Command::new(&qemu_bin);
-        cmd.args(vm.args())
+        let (program, args) = if self.cfg.confine {
+            confine::command(
+                &qemu_bin,
+                vm.args(),
+                vm.memory_mib << 20,
+                spec.resources.disk_bytes,
+                drop_privileges,
+            )
+        } else {
+            (qemu_bin.clone(), vm.args())
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        debug!(args = ?vm.args(), "starting qemu");
+        debug!(?program, ?args, "starting qemu");
         let mut child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("failed to start {}: {e}", qemu_bin.display()))?;

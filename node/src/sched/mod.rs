@@ -38,6 +38,10 @@ pub struct Capabilities {
     pub slots: u32,
     /// Images it holds, by hash (it can fetch others from the coordinator).
     pub images: BTreeSet<ContentHash>,
+    /// Largest output quota (disk) one job may have.
+    pub max_disk_bytes: u64,
+    /// Longest timeout one job may have, in seconds.
+    pub max_timeout_secs: u64,
 }
 
 /// Whose jobs a volunteer runs.
@@ -65,6 +69,10 @@ pub enum Mismatch {
     Memory { need: u64, have: u64 },
     #[error("the job expired")]
     Expired,
+    #[error("needs an output quota of {need} bytes, allows {have}")]
+    Disk { need: u64, have: u64 },
+    #[error("needs a timeout of {need}s, allows {have}s")]
+    Timeout { need: u64, have: u64 },
 }
 
 /// Whether a volunteer with `caps` and `trust` would run `job` (slots aside).
@@ -83,6 +91,18 @@ pub fn matches(
     }
     if !caps.archs.iter().any(|a| a == &job.spec.arch) {
         return Err(Mismatch::Arch(job.spec.arch.clone()));
+    }
+    if job.spec.resources.disk_bytes > caps.max_disk_bytes {
+        return Err(Mismatch::Disk {
+            need: job.spec.resources.disk_bytes,
+            have: caps.max_disk_bytes,
+        });
+    }
+    if job.spec.timeout_secs > caps.max_timeout_secs {
+        return Err(Mismatch::Timeout {
+            need: job.spec.timeout_secs,
+            have: caps.max_timeout_secs,
+        });
     }
     if job.spec.resources.memory_bytes > caps.memory_bytes {
         return Err(Mismatch::Memory {

@@ -38,6 +38,8 @@ fn caps(archs: &[&str], mem_mib: u64, slots: u32) -> Capabilities {
         memory_bytes: mem_mib << 20,
         slots,
         images: BTreeSet::new(),
+        max_disk_bytes: 8 << 30,
+        max_timeout_secs: 7200,
     }
 }
 
