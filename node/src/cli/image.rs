@@ -15,7 +15,8 @@ use crate::runner::image::recipe_names;
 pub enum ImageCommand {
     /// Build an image from its recipe (Debian packages from this machine's apt sources).
     Build {
-        /// tiny-x86_64 (kernel + busybox, about a minute) or debian-12-x86_64 (build-essential).
+        /// tiny-x86_64 (kernel + busybox, seconds) or debian-12-x86_64 (build-essential,
+        /// about a minute and a half).
         name: String,
         /// Use the recipes in this `images/` folder instead of the ones compiled into barn.
         #[arg(long, value_name = "DIR")]
@@ -26,6 +27,7 @@ pub enum ImageCommand {
     },
     /// List the images on this machine: name, arch, hash, size.
     List {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },

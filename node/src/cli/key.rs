@@ -23,6 +23,7 @@ pub enum KeyCommand {
     /// Print the public half of a key: `ed25519:<hex>` for a project key (what volunteers
     /// list in `trust.submitters`), the peer id for a node key.
     Show {
+        /// Show the node key's peer id instead of the project key.
         #[arg(long)]
         node: bool,
         /// Read the key from FILE.

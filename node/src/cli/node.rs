@@ -37,6 +37,12 @@ pub struct NodeArgs {
 
 pub fn run(args: NodeArgs, dirs: &Dirs) -> Result<ExitCode> {
     let path = dirs.config.join("config.toml");
+    if !path.exists() {
+        // A first start: leave the documented defaults where the volunteer will look.
+        std::fs::create_dir_all(&dirs.config)?;
+        std::fs::write(&path, crate::config::DEFAULT_CONFIG)?;
+        eprintln!("wrote the default configuration to {}", path.display());
+    }
     let (mut cfg, warnings) = Config::load(&path)?;
     for w in warnings {
         tracing::warn!("{w}");

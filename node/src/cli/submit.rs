@@ -37,6 +37,7 @@ pub struct SubmitArgs {
     /// Sign with this key file instead of the project key.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -22,6 +22,7 @@ use crate::verify::verdict::{Kind, Verdict, judge};
 pub struct VerifyArgs {
     /// The job: its `b3:` id or a unique hex prefix.
     job: String,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -226,8 +226,10 @@ impl Actor {
                 },
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
                 Some(cmd) = commands.recv() => self.on_command(cmd),
-                event = self.p.swarm.select_next_some() => self.on_swarm(event),
+                // Timers before network events: a flood of gossip must not delay lease
+                // expiry or heartbeats.
                 _ = tick.tick() => self.on_tick(),
+                event = self.p.swarm.select_next_some() => self.on_swarm(event),
             }
         }
         info!(
@@ -601,6 +603,9 @@ impl Actor {
             return Response::Rejected("claim signed by another node than the sender".into());
         }
         let now = now();
+        if let Err(e) = fresh(claim.message().time, now) {
+            return Response::Rejected(format!("claim: {e}"));
+        }
         let job = claim.message().job;
         let decision = self
             .coordinator
@@ -625,6 +630,9 @@ impl Actor {
             return Response::Rejected("heartbeat signed by another node than the sender".into());
         }
         let m = hb.message();
+        if let Err(e) = fresh(m.time, now()) {
+            return Response::Rejected(format!("heartbeat: {e}"));
+        }
         match self.coordinator.on_heartbeat(&m.job, &m.lease, node, now()) {
             Ok(expires) => {
                 let _ = self
@@ -643,6 +651,7 @@ impl Actor {
             Signed::<Commitment>::from_bytes(bytes).map_err(|e| format!("commitment: {e}"))?;
         let node = NodeId(signed.signer());
         let m = signed.message();
+        fresh(m.time, now()).map_err(|e| format!("commitment: {e}"))?;
         if node != sender || m.node != node {
             return Err("commitment signed by another node than the sender".into());
         }
@@ -979,6 +988,20 @@ impl Actor {
             )) => {
                 self.on_outbound_failure(request_id, error.to_string());
             }
+            #[cfg(feature = "mdns")]
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    debug!(%peer, %addr, "found on the local network");
+                    self.p
+                        .swarm
+                        .behaviour_mut()
+                        .add_peer_address(&peer, addr.clone());
+                    self.p.swarm.add_peer_address(peer, addr);
+                    if !self.p.swarm.is_connected(&peer) {
+                        let _ = self.p.swarm.dial(peer);
+                    }
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1084,6 +1107,7 @@ impl Actor {
                 &blobs,
                 hash,
                 peers.into_iter().filter(|p| *p != local).collect(),
+                work::MAX_IMAGE,
             )
             .await;
             let _ = reply.send(result.map(|(path, size)| crate::api::types::FetchResponse {
@@ -1116,6 +1140,19 @@ impl Actor {
     pub(super) fn listen_addrs(&self) -> Vec<String> {
         self.p.swarm.listeners().map(|a| a.to_string()).collect()
     }
+}
+
+/// Signed requests carry their time; one far from ours is a replay or a broken clock.
+const MAX_SKEW_SECS: u64 = 300;
+
+fn fresh(time: u64, now: u64) -> Result<(), String> {
+    if time.abs_diff(now) > MAX_SKEW_SECS {
+        return Err(format!(
+            "its time is {}s away from this node's clock (at most {MAX_SKEW_SECS}s)",
+            time.abs_diff(now)
+        ));
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {

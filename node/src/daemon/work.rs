@@ -136,16 +136,28 @@ async fn execute(
     let started = std::time::Instant::now();
     let coordinator = job.coordinator.to_peer_id();
     progress(ctx, id, Phase::Fetching, 0).await;
-    let source = fetch_from_any(
+    if job.source_size > MAX_SOURCE {
+        bail!(
+            "the source is {} bytes, over this node's limit of {MAX_SOURCE}",
+            job.source_size
+        );
+    }
+    let (source, size) = fetch_from_any(
         ctx.control.clone(),
         &ctx.blobs,
         job.source,
         vec![coordinator],
+        job.source_size,
     )
     .await
     .map_err(anyhow::Error::msg)
-    .context("failed to fetch the source")?
-    .0;
+    .context("failed to fetch the source")?;
+    if size != job.source_size {
+        bail!(
+            "the source is {size} bytes, the job says {}",
+            job.source_size
+        );
+    }
     let image = match ctx.images.get(&job.image_hash)? {
         Some(i) => i,
         None => {
@@ -154,6 +166,7 @@ async fn execute(
                 &ctx.blobs,
                 job.image_hash,
                 vec![coordinator],
+                MAX_IMAGE,
             )
             .await
             .map_err(anyhow::Error::msg)
@@ -280,6 +293,7 @@ pub async fn fetch_from_any(
     store: &BlobStore,
     hash: ContentHash,
     peers: Vec<PeerId>,
+    max_size: u64,
 ) -> Result<(PathBuf, u64), String> {
     if store.has(&hash) {
         let size = store.size(&hash).map_err(|e| e.to_string())?;
@@ -293,7 +307,7 @@ pub async fn fetch_from_any(
     let mut last = String::new();
     for attempt in 0..3 {
         for peer in &peers {
-            match blobs::fetch(&mut control, *peer, hash, store, MAX_IMAGE.max(MAX_SOURCE)).await {
+            match blobs::fetch(&mut control, *peer, hash, store, max_size).await {
                 Ok(path) => {
                     let size = store.size(&hash).map_err(|e| e.to_string())?;
                     return Ok((path, size));

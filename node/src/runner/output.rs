@@ -107,6 +107,27 @@ pub fn collect_artifacts(disk: &Path, dest: &Path, quota: u64) -> Result<Manifes
         let file = File::create(&target)?;
         Ok(Some(Box::new(io::BufWriter::new(file)) as Box<dyn Write>))
     })?;
+    // A hard link in the tar repeats an earlier file: the manifest lists it as a copy, but
+    // only the first name was written; write the copy too.
+    for e in manifest.files() {
+        let target = dest.join(&e.path);
+        if target.exists() {
+            continue;
+        }
+        let Some(orig) = manifest
+            .files()
+            .find(|o| o.hash == e.hash && dest.join(&o.path).is_file())
+        else {
+            return Err(OutputError::BadStatus(format!(
+                "`{}` has no content in the output",
+                e.path
+            )));
+        };
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(dest.join(&orig.path), &target)?;
+    }
     Ok(manifest)
 }
 
