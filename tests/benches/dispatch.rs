@@ -6,45 +6,13 @@
 //!
 //! Run: `cargo bench -p barn-tests --bench dispatch`.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a benchmark fails loudly"
-)]
+#![expect(clippy::unwrap_used, reason = "a benchmark fails loudly")]
 
 use barn_tests::Project;
 use barn_tests::farm::Farm;
 
-fn stats(name: &str, mut xs: Vec<f64>) {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len();
-    let median = if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    };
-    let p90 = xs[((n as f64 * 0.9).ceil() as usize)
-        .saturating_sub(1)
-        .min(n - 1)];
-    println!(
-        "{name:<28} median {median:7.1} ms   min {:7.1}   p90 {p90:7.1}   max {:7.1}   (n={n})",
-        xs[0],
-        xs[n - 1]
-    );
-}
-
 fn main() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    if std::env::var_os("BARN_BIN").is_none() {
-        let ok = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "-q", "-p", "barn-node"])
-            .current_dir(root)
-            .status()
-            .expect("cargo")
-            .success();
-        assert!(ok, "release build failed");
-        barn_tests::use_bin(format!("{root}/target/release/barn").into());
-    }
+    barn_tests::use_release_bin();
     let jobs: usize = std::env::var("BENCH_JOBS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -98,7 +66,7 @@ fn main() {
     println!(
         "dispatch on a loopback farm: 3 volunteers, {jobs} jobs × 3 replicas after one warm-up job"
     );
-    stats("submit → grant", to_grant);
-    stats("grant → VM started", to_vm);
-    stats("submit → VM started", total);
+    barn_tests::print_stats("submit → grant", to_grant);
+    barn_tests::print_stats("grant → VM started", to_vm);
+    barn_tests::print_stats("submit → VM started", total);
 }

@@ -4,47 +4,15 @@
 //! Run: `cargo bench -p barn-tests --bench noop`. It builds barn in release mode, builds the
 //! tiny image if needed, then prints medians and spreads; docs/performance.md quotes it.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a benchmark fails loudly"
-)]
+#![expect(clippy::unwrap_used, reason = "a benchmark fails loudly")]
 
 use std::process::Command;
 use std::time::Instant;
 
 use barn_tests::{Project, ensure_image, shared_data_dir};
 
-fn stats(name: &str, mut xs: Vec<f64>) {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len();
-    let median = if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    };
-    let p90 = xs[((n as f64 * 0.9).ceil() as usize)
-        .saturating_sub(1)
-        .min(n - 1)];
-    println!(
-        "{name:<22} median {median:7.0} ms   min {:7.0}   p90 {p90:7.0}   max {:7.0}   (n={n})",
-        xs[0],
-        xs[n - 1]
-    );
-}
-
 fn main() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    if std::env::var_os("BARN_BIN").is_none() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-q", "-p", "barn-node"])
-            .current_dir(root)
-            .status()
-            .expect("cargo")
-            .success();
-        assert!(ok, "release build failed");
-        barn_tests::use_bin(format!("{root}/target/release/barn").into());
-    }
+    barn_tests::use_release_bin();
     ensure_image("tiny-x86_64");
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
@@ -90,10 +58,10 @@ fn main() {
         collect.push(ms("collect_ms"));
     }
     println!("no-op job in tiny-x86_64, accelerator {accel}, {runs} runs after one warm-up");
-    stats("barn run (wall)", wall);
-    stats("runner total", total);
-    stats("  prepare", prepare);
-    stats("  boot (to ready)", boot);
-    stats("  run", run);
-    stats("  collect", collect);
+    barn_tests::print_stats("barn run (wall)", wall);
+    barn_tests::print_stats("runner total", total);
+    barn_tests::print_stats("  prepare", prepare);
+    barn_tests::print_stats("  boot (to ready)", boot);
+    barn_tests::print_stats("  run", run);
+    barn_tests::print_stats("  collect", collect);
 }

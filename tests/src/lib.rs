@@ -192,3 +192,42 @@ pub fn run_job(dir: &std::path::Path, extra: &[&str]) -> RunResult {
         out_dir,
     }
 }
+
+/// For benchmarks: makes every helper use a release build of `barn` (built here) unless
+/// `BARN_BIN` names one.
+pub fn use_release_bin() {
+    if std::env::var_os("BARN_BIN").is_some() {
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ok = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-q", "-p", "barn-node"])
+        .current_dir(&root)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "release build of barn failed");
+    use_bin(root.join("target/release/barn"));
+}
+
+/// For benchmarks: prints the median, minimum, 90th percentile and maximum of `xs` (ms).
+pub fn print_stats(name: &str, mut xs: Vec<f64>) {
+    if xs.is_empty() {
+        println!("{name:<28} no samples");
+        return;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    let median = if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    };
+    let p90 = xs[((n as f64 * 0.9).ceil() as usize)
+        .saturating_sub(1)
+        .min(n - 1)];
+    println!(
+        "{name:<28} median {median:7.1} ms   min {:7.1}   p90 {p90:7.1}   max {:7.1}   (n={n})",
+        xs[0],
+        xs[n - 1]
+    );
+}

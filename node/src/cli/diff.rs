@@ -207,33 +207,8 @@ fn verified_job(detail: &JobDetail) -> Result<Job> {
 
 /// Decodes and verifies a replica's signed result: signature, signer, job and root.
 fn verified_result(detail: &JobDetail, view: &ResultView) -> Result<(NodeId, BuildResult)> {
-    let who = short_node(&view.node);
-    let bytes = hex::decode(&view.envelope)
-        .with_context(|| format!("node {who}'s result envelope is not hex"))?;
-    let signed = Signed::<BuildResult>::from_bytes(&bytes)
-        .with_context(|| format!("node {who}'s result does not verify"))?;
-    let node: NodeId = view
-        .node
-        .parse()
-        .with_context(|| format!("{:?} is not a node id", view.node))?;
-    let result = signed.message();
-    if NodeId(signed.signer()) != node || result.node != node {
-        bail!(
-            "the result shown for node {who} was signed by {} for {}",
-            NodeId(signed.signer()),
-            result.node
-        );
-    }
-    if result.job.to_string() != detail.job.id {
-        bail!(
-            "node {who}'s signed result is for job {}, not this one",
-            result.job
-        );
-    }
-    if result.manifest.root() != result.manifest_root {
-        bail!("node {who}'s signed manifest does not hash to its manifest root");
-    }
-    Ok((node, result.clone()))
+    let signed = super::verify::verify_result(&detail.job.id, view)?;
+    Ok((NodeId(signed.signer()), signed.message().clone()))
 }
 
 /// The variants of one path, with sizes, and which is the base.

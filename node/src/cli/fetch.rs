@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use barn_protocol::ContentHash;
 use barn_protocol::jobfile::show_size;
 use barn_protocol::manifest::{self, Entry, EntryKind};
 use barn_protocol::message::BuildResult;
-use barn_protocol::{ContentHash, NodeId, Signed};
 use clap::Args;
 use serde::Serialize;
 
@@ -252,33 +252,8 @@ fn nodes_with_results(detail: &JobDetail) -> String {
 
 /// Decodes and verifies a replica's signed result: signature, signer, job and root.
 fn verified_result(detail: &JobDetail, view: &ResultView) -> Result<BuildResult> {
-    let who = short_node(&view.node);
-    let bytes = hex::decode(&view.envelope)
-        .with_context(|| format!("node {who}'s result envelope is not hex"))?;
-    let signed = Signed::<BuildResult>::from_bytes(&bytes)
-        .with_context(|| format!("node {who}'s result does not verify; refusing it"))?;
-    let node: NodeId = view
-        .node
-        .parse()
-        .with_context(|| format!("{:?} is not a node id", view.node))?;
-    let result = signed.message();
-    if NodeId(signed.signer()) != node || result.node != node {
-        bail!(
-            "the result shown for node {who} was signed by {} for {}; refusing it",
-            NodeId(signed.signer()),
-            result.node
-        );
-    }
-    if result.job.to_string() != detail.job.id {
-        bail!(
-            "node {who}'s signed result is for job {}, not this one",
-            result.job
-        );
-    }
-    if result.manifest.root() != result.manifest_root {
-        bail!("node {who}'s signed manifest does not hash to its manifest root");
-    }
-    Ok(result.clone())
+    let signed = super::verify::verify_result(&detail.job.id, view)?;
+    Ok(signed.message().clone())
 }
 
 /// A manifest's entries, checked and put in the order they are written.

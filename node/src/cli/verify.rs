@@ -14,7 +14,7 @@ use clap::Args;
 
 use super::exit;
 use crate::api::client::ApiClient;
-use crate::api::types::JobDetail;
+use crate::api::types::{JobDetail, ResultView};
 use crate::dirs::Dirs;
 use crate::verify::verdict::{Kind, Verdict, judge};
 
@@ -46,33 +46,41 @@ pub fn check(d: &JobDetail) -> Result<Checked> {
             d.job.id
         );
     }
-    let mut results = Vec::new();
-    for r in &d.results {
-        let bytes = hex::decode(&r.envelope)
-            .with_context(|| format!("the result from {} is not hex", r.node))?;
-        let signed = Signed::<BuildResult>::from_bytes(&bytes)
-            .with_context(|| format!("the result from node {} does not verify", r.node))?;
-        let signer = NodeId(signed.signer());
-        let m = signed.message();
-        if signer.to_string() != r.node || m.node != signer {
-            bail!("the result listed for {} is signed by {signer}", r.node);
-        }
-        if m.job != id {
-            bail!(
-                "the result from {} is for job {}, not this one",
-                r.node,
-                m.job
-            );
-        }
-        if m.manifest.root() != m.manifest_root {
-            bail!(
-                "the result from {} has a manifest that does not hash to its root",
-                r.node
-            );
-        }
-        results.push(signed);
-    }
+    let results = d
+        .results
+        .iter()
+        .map(|r| verify_result(&d.job.id, r))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Checked { id, job, results })
+}
+
+/// Decodes and checks one replica's signed result as the node listed it: the signature,
+/// that the signer is the node it is listed under, that it is for job `job_id`, and that
+/// its manifest hashes to its root.
+pub fn verify_result(job_id: &str, r: &ResultView) -> Result<Signed<BuildResult>> {
+    let who = &r.node[r.node.len().saturating_sub(8)..];
+    let bytes = hex::decode(&r.envelope)
+        .with_context(|| format!("node {who}'s result envelope is not hex"))?;
+    let signed = Signed::<BuildResult>::from_bytes(&bytes)
+        .with_context(|| format!("the result from node {who} does not verify"))?;
+    let signer = NodeId(signed.signer());
+    let m = signed.message();
+    if signer.to_string() != r.node || m.node != signer {
+        bail!(
+            "the result listed for node {who} is signed by {signer} for {}",
+            m.node
+        );
+    }
+    if m.job.to_string() != job_id {
+        bail!(
+            "node {who}'s signed result is for job {}, not this one",
+            m.job
+        );
+    }
+    if m.manifest.root() != m.manifest_root {
+        bail!("node {who}'s signed manifest does not hash to its manifest root");
+    }
+    Ok(signed)
 }
 
 /// The verdict over checked results.

@@ -220,73 +220,8 @@ fn file_table(ok: &[(String, &BuildResult)]) -> Vec<FileDiff> {
 
 #[cfg(test)]
 mod tests {
+    use super::tests_support::{job, node, result_with as result};
     use super::*;
-    use barn_protocol::SecretKey;
-    use barn_protocol::manifest::Manifest;
-    use barn_protocol::message::*;
-
-    fn job(replicas: u8) -> Job {
-        Job {
-            spec: JobSpec {
-                image: "tiny-x86_64".into(),
-                arch: "x86_64".into(),
-                tasks: vec![],
-                env: Default::default(),
-                artifacts: vec![],
-                resources: Resources::default(),
-                timeout_secs: 1,
-                replicas,
-                source_date_epoch: 0,
-                tiebreak: false,
-                vary: vec![],
-            },
-            image_hash: ContentHash::of(b"img"),
-            source: ContentHash::of(b"s"),
-            source_size: 0,
-            coordinator: SecretKey::from_seed([0; 32]).node_id(),
-            coordinator_addrs: vec![],
-            created: 0,
-            expires: 10,
-            nonce: serde_bytes::ByteArray::new([0; 16]),
-        }
-    }
-
-    fn result(files: &[(&str, &[u8])], status: BuildStatus) -> BuildResult {
-        let entries = files
-            .iter()
-            .map(|(p, c)| Entry {
-                path: p.to_string(),
-                kind: EntryKind::File,
-                executable: false,
-                size: c.len() as u64,
-                hash: Some(ContentHash::of(c)),
-                target: None,
-            })
-            .collect();
-        let manifest = Manifest::new(entries);
-        BuildResult {
-            job: JobId(ContentHash::of(b"j")),
-            lease: None,
-            node: SecretKey::from_seed([0; 32]).node_id(),
-            status,
-            tasks: vec![],
-            manifest_root: manifest.root(),
-            manifest,
-            log_hash: ContentHash::of(b""),
-            log_size: 0,
-            timings: Timings::default(),
-            image_hash: ContentHash::of(b"img"),
-            arch: "x86_64".into(),
-            accel: Accel::Tcg,
-            qemu_version: String::new(),
-            finished: 0,
-            variation: Default::default(),
-        }
-    }
-
-    fn node(i: u8) -> NodeId {
-        SecretKey::from_seed([i; 32]).node_id()
-    }
 
     #[test]
     fn agreeing_results_are_reproducible() {
@@ -400,6 +335,10 @@ mod tests_support {
     }
 
     pub fn result(files: &[(&str, &[u8])]) -> BuildResult {
+        result_with(files, BuildStatus::Succeeded)
+    }
+
+    pub fn result_with(files: &[(&str, &[u8])], status: BuildStatus) -> BuildResult {
         let entries = files
             .iter()
             .map(|(p, c)| Entry {
@@ -416,7 +355,7 @@ mod tests_support {
             job: JobId(ContentHash::of(b"j")),
             lease: None,
             node: SecretKey::from_seed([0; 32]).node_id(),
-            status: BuildStatus::Succeeded,
+            status,
             tasks: vec![],
             manifest_root: manifest.root(),
             manifest,
