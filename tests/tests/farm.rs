@@ -232,7 +232,7 @@ fn a_tampered_stored_result_makes_verify_fail() {
 fn demo_of_a_nondeterministic_project_says_differs_with_verifys_exit_code() {
     ensure_image("tiny-x86_64");
     let p = Project::new(&format!(
-        "{HEAD}replicas = 2\n[[task]]\nname = \"build\"\nrun = \"mkdir -p out && date +%s%N > out/stamp && echo fixed > out/fixed\"\n"
+        "{HEAD}replicas = 2\n[[task]]\nname = \"build\"\nrun = \"mkdir -p out && head -c 16 /dev/urandom > out/stamp && echo fixed > out/fixed\"\n"
     ));
     let out = barn_shared(&[
         "demo",
