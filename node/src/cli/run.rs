@@ -145,6 +145,7 @@ pub fn run(args: RunArgs, dirs: &Dirs) -> Result<ExitCode> {
                 &spec.vary,
                 args.variant,
                 spec.resources.cpus,
+                runner.config().max_cpus,
             ),
         };
         let quiet = args.quiet;

@@ -204,6 +204,13 @@ impl Actor {
             info!(job = %rec.id.short(), "resuming coordination");
             self.coordinator
                 .add_job(rec.id, signed.message().clone(), leases.collect(), now());
+            // Results already taken stand for their commitments, which lived only in memory.
+            for r in self.p.db.list_results(&rec.id).unwrap_or_default() {
+                if let Ok(res) = Signed::<BuildResult>::from_bytes(&r.envelope) {
+                    let digest = Commitment::digest_of(&r.node, &res.message().manifest_root);
+                    self.coordinator.restore_commitment(&rec.id, r.node, digest);
+                }
+            }
         }
     }
 
@@ -737,7 +744,10 @@ impl Actor {
             }
         }
         let now = now();
-        for (node, _) in &results {
+        // Reputation counts only real disagreement: a strict majority outvoting a node, and
+        // not a split the job's own variations explain.
+        let fair = !verdict.majority.is_empty() && verdict.explained_by.is_empty();
+        for (node, _) in results.iter().filter(|_| fair) {
             let name = node.to_string();
             if verdict.majority.contains(&name) {
                 let _ = self.p.db.record_agreement(node, true, now);
@@ -749,6 +759,7 @@ impl Actor {
     }
 
     fn on_request(&mut self, peer: PeerId, req: Request) -> Response {
+        let _span = tracing::debug_span!("peer", peer = %peer).entered();
         let sender = match NodeId::from_peer_id(&peer) {
             Ok(n) => n,
             Err(e) => return Response::Rejected(e.to_string()),
@@ -766,6 +777,7 @@ impl Actor {
     }
 
     fn on_response(&mut self, peer: PeerId, id: OutboundRequestId, resp: Response) {
+        let _span = tracing::debug_span!("peer", peer = %peer).entered();
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
@@ -837,6 +849,7 @@ impl Actor {
     // ---- gossip ----
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
+        let _span = tracing::debug_span!("peer", peer = %source).entered();
         use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
         let verdict = match msg.topic.as_str() {
             TOPIC_JOBS => self.on_job_gossip(&msg.data),

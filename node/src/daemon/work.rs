@@ -73,7 +73,12 @@ pub struct WorkOutcome {
 pub async fn run(ctx: Context, id: JobId, lease: LeaseId, variant: u32, job: Job) -> WorkOutcome {
     let span = info_span!("job", job = %id.short());
     async move {
-        let variation = Variation::for_replica(&job.spec.vary, variant, job.spec.resources.cpus);
+        let variation = Variation::for_replica(
+            &job.spec.vary,
+            variant,
+            job.spec.resources.cpus,
+            ctx.runner.config().max_cpus,
+        );
         let result = match execute(&ctx, id, &job, &variation).await {
             Ok(r) => r,
             Err(e) => {

@@ -75,7 +75,11 @@ pub fn stage(
         if std::fs::hard_link(src, &dest).is_err() {
             std::fs::copy(src, &dest)?;
         }
-        set_mode(&dest, 0o444)?;
+        // A hard link shares the image file's mode: make it readable by all only if it is not.
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(&dest)?.permissions().mode() & 0o004 == 0 {
+            set_mode(&dest, 0o444)?;
+        }
         Ok(dest)
     };
     let k = link(kernel, "vmlinux")?;

@@ -8,14 +8,17 @@
 use std::collections::BTreeMap;
 
 /// The varied value of each dimension (the fixed one is in the guest init and the runner).
-fn varied_value(dim: &str, base_cpus: u32) -> Option<String> {
+fn varied_value(dim: &str, base_cpus: u32, max_cpus: u32) -> Option<String> {
     Some(match dim {
         "build_path" => "/build/barn-varied-path/src".into(),
         "timezone" => "KST-14".into(),
         "locale" => "fr_CH.UTF-8".into(),
         "umask" => "0002".into(),
         "hostname" => "barn-varied".into(),
-        "cpus" => (base_cpus + 1).to_string(),
+        // One more CPU where the node allows it, else one fewer: the count changes either way
+        // unless the node and the job both allow just one.
+        "cpus" if base_cpus < max_cpus => (base_cpus + 1).to_string(),
+        "cpus" => base_cpus.saturating_sub(1).max(1).to_string(),
         "file_order" => "reversed".into(),
         _ => return None,
     })
@@ -42,15 +45,17 @@ pub struct Variation {
 
 impl Variation {
     /// The variation of replica `variant` of a job that varies `vary`.
-    pub fn for_replica(vary: &[String], variant: u32, base_cpus: u32) -> Self {
+    /// `max_cpus` is the node's cap: the varied CPU count is recorded as it will really be.
+    pub fn for_replica(vary: &[String], variant: u32, base_cpus: u32, max_cpus: u32) -> Self {
         let dims: Vec<&String> = match variant as usize {
             0 => vec![],
             k if k <= vary.len() => vec![&vary[k - 1]],
             _ => vary.iter().collect(),
         };
+        let base = base_cpus.min(max_cpus).max(1);
         let applied = dims
             .into_iter()
-            .filter_map(|d| Some((d.clone(), varied_value(d, base_cpus)?)))
+            .filter_map(|d| Some((d.clone(), varied_value(d, base, max_cpus)?)))
             .collect();
         Self { applied }
     }
@@ -81,19 +86,28 @@ mod tests {
     #[test]
     fn replicas_vary_one_dimension_each_then_all() {
         let vary = vec!["timezone".to_string(), "umask".to_string()];
-        assert!(Variation::for_replica(&vary, 0, 1).applied.is_empty());
+        assert!(Variation::for_replica(&vary, 0, 1, 4).applied.is_empty());
         assert_eq!(
-            Variation::for_replica(&vary, 1, 1).guest_file(),
+            Variation::for_replica(&vary, 1, 1, 4).guest_file(),
             "TZ=KST-14\n"
         );
         assert_eq!(
-            Variation::for_replica(&vary, 2, 1).guest_file(),
+            Variation::for_replica(&vary, 2, 1, 4).guest_file(),
             "UMASK=0002\n"
         );
-        assert_eq!(Variation::for_replica(&vary, 3, 1).applied.len(), 2);
-        let c = Variation::for_replica(&["cpus".to_string(), "file_order".to_string()], 3, 2);
+        assert_eq!(Variation::for_replica(&vary, 3, 1, 4).applied.len(), 2);
+        let c = Variation::for_replica(&["cpus".to_string(), "file_order".to_string()], 3, 2, 4);
         assert_eq!(c.cpus(), Some(3));
         assert!(c.reverse_file_order());
+        // At the node's cap, the count goes down instead; with one CPU it cannot change.
+        assert_eq!(
+            Variation::for_replica(&["cpus".to_string()], 1, 4, 2).cpus(),
+            Some(1)
+        );
+        assert_eq!(
+            Variation::for_replica(&["cpus".to_string()], 1, 1, 1).cpus(),
+            Some(1)
+        );
         assert_eq!(c.guest_file(), "");
     }
 }

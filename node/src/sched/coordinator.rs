@@ -174,6 +174,13 @@ impl Coordinator {
         });
     }
 
+    /// Puts back a commitment known from a result stored before a restart.
+    pub fn restore_commitment(&mut self, id: &JobId, node: NodeId, digest: ContentHash) {
+        if let Some(j) = self.jobs.get_mut(id) {
+            j.commitments.insert(node, digest);
+        }
+    }
+
     /// Asks for one more replica to break a tie, if the job allows it and has not had one.
     pub fn request_tiebreak(&mut self, id: &JobId) -> bool {
         match self.jobs.get_mut(id) {
