@@ -219,6 +219,23 @@ impl Farm {
         farm
     }
 
+    /// Starts one more volunteer (honest, trusting the project key) and waits until the
+    /// submitter has heard it.
+    pub fn add_volunteer(&mut self) {
+        let i = self.volunteers.len() + 1;
+        let extra = vec![
+            "--bootstrap".to_string(),
+            self.submitter.multiaddr(),
+            "--trust".into(),
+            self.project_key.clone(),
+            "--accel".into(),
+            "tcg".into(),
+        ];
+        self.volunteers
+            .push(spawn(self.root.path(), &format!("volunteer-{i}"), &extra));
+        self.wait_for_adverts(self.volunteers.len());
+    }
+
     /// Waits until the submitter has heard `n` other nodes' adverts.
     pub fn wait_for_adverts(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);

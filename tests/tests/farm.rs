@@ -321,3 +321,51 @@ fn the_verdict_names_the_variation_that_split_the_replicas() {
     assert!(text.contains("split by the variation: timezone"), "{text}");
     assert!(text.contains("varied timezone=KST-14"), "{text}");
 }
+
+#[test]
+fn a_tie_between_two_replicas_brings_in_a_third_that_decides() {
+    // Two volunteers, one of them lying, two replicas: a tie. The job allows a tie-breaker,
+    // which a third volunteer, started once the tie is there, provides.
+    let mut farm = Farm::start("tiny-x86_64", 2, &[1]);
+    let liar = farm.volunteers[0].peer_id();
+    let p = Project::new(&format!(
+        "{HEAD}tiebreak = true\n[[task]]\nname = \"build\"\nrun = \"mkdir -p out && echo honest > out/file\"\n"
+    ));
+    let out = farm
+        .submitter
+        .barn(&["submit", "--replicas", "2", p.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let wait_for = |farm: &Farm, results: usize, state: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let d = json(&farm.submitter.barn(&["job", &id, "--json"]));
+            if d["job"]["state"] == state && d["results"].as_array().unwrap().len() == results {
+                return d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waiting for {results} results, {state}: {}",
+                d["job"]
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    // The tie reopens the job for one more replica.
+    wait_for(&farm, 2, "open");
+    // The outputs already differ, but with no majority nobody is outvoted yet.
+    let tie = json(&farm.submitter.barn(&["verify", "--json", &id]));
+    assert_eq!(tie["verdict"]["verdict"], "differs");
+    assert_eq!(tie["verdict"]["majority"], serde_json::json!([]), "{tie}");
+    farm.add_volunteer();
+    wait_for(&farm, 3, "complete");
+    let out = farm.submitter.barn(&["verify", "--json", &id]);
+    assert_eq!(out.status.code(), Some(10));
+    let v = json(&out);
+    assert_eq!(v["verdict"]["minority"], serde_json::json!([liar]), "{v}");
+    assert_eq!(v["verdict"]["majority"].as_array().unwrap().len(), 2);
+}

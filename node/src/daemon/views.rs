@@ -76,7 +76,7 @@ fn job_view(a: &Actor, rec: &JobRecord) -> Option<JobView> {
     let state = match a.coordinator().job(&rec.id) {
         _ if rec.expires <= now() && rec.state == db::JobState::Open => "expired".to_string(),
         Some(c) if c.complete() => "complete".into(),
-        Some(c) if c.held() >= usize::from(job.spec.replicas) => "running".into(),
+        Some(c) if c.held() >= c.wanted() => "running".into(),
         Some(_) => "open".into(),
         None if rec.state == db::JobState::Complete => "complete".into(),
         None => "seen".into(),
