@@ -348,6 +348,11 @@ pub struct Commitment {
     pub node: NodeId,
     pub digest: ContentHash,
     pub time: u64,
+    /// The node's ed25519 signature over its provenance attestation (the DSSE
+    /// pre-authentication encoding of the in-toto statement built from the signed job and
+    /// this result). It reveals nothing of the root. Added within v1: absent means none.
+    #[serde(default)]
+    pub provenance_sig: Option<serde_bytes::ByteArray<64>>,
 }
 
 impl Commitment {

@@ -291,6 +291,13 @@ fn exported_attestations_verify_and_fail_after_one_byte_changes() {
         3,
         "two provenances and one summary"
     );
+    // Each provenance is signed by the volunteer that built, not by the exporter.
+    let builders: std::collections::BTreeSet<String> =
+        farm.volunteers.iter().map(|v| v.peer_id()).collect();
+    for env in &envs.as_array().unwrap()[..2] {
+        let keyid = env["signatures"][0]["keyid"].as_str().unwrap().to_string();
+        assert!(builders.contains(&keyid), "provenance signed by {keyid}");
+    }
     // One byte changed in the middle of the file: verification fails.
     let mut bytes = text.into_bytes();
     let mid = bytes.len() / 2;

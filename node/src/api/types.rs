@@ -94,6 +94,9 @@ pub struct ResultView {
     pub image_hash: String,
     /// The signed `build-result` envelope, hex.
     pub envelope: String,
+    /// The builder's signature over its provenance attestation, hex, if it sent one.
+    #[serde(default)]
+    pub provenance_sig: Option<String>,
     pub received: u64,
 }
 

@@ -73,11 +73,27 @@ fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Re
         )
     })?;
     let mut envelopes = Vec::with_capacity(selected.len() + 1);
+    let mut by_builder = 0;
     for r in &selected {
-        envelopes.push(
-            attest::export_result(&job, r, &key)
-                .with_context(|| format!("failed to export the result of {}", r.message().node))?,
-        );
+        // The builder's own signature when it sent one (with its commitment); else this
+        // node signs the provenance, the builder's signed result embedded in it.
+        let node = r.message().node.to_string();
+        let builder_sig = detail
+            .results
+            .iter()
+            .find(|v| v.node == node)
+            .and_then(|v| v.provenance_sig.as_deref())
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok());
+        let envelope = match builder_sig.map(|sig| attest::builder_envelope(&job, r, &sig)) {
+            Some(Ok(env)) => {
+                by_builder += 1;
+                env
+            }
+            _ => attest::export_result(&job, r, &key)
+                .with_context(|| format!("failed to export the result of {node}"))?,
+        };
+        envelopes.push(envelope);
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -93,9 +109,10 @@ fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Re
         eprintln!("  {c}");
     }
     eprintln!(
-        "wrote {}: {} provenance statement(s) and a verification summary, signed by {}",
+        "wrote {}: {} provenance statement(s) ({by_builder} signed by the node that built, the rest by {}) and a verification summary signed by {}",
         path.display(),
         selected.len(),
+        key.node_id(),
         key.node_id()
     );
     Ok(ExitCode::SUCCESS)

@@ -976,6 +976,7 @@ mod tests {
             envelope: hex::encode(
                 Signed::sign(result(signed_by, entries), &key(signed_by)).to_bytes(),
             ),
+            provenance_sig: None,
             received: 0,
         };
         let detail = JobDetail {

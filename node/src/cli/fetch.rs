@@ -471,6 +471,7 @@ mod tests {
                     accel: String::new(),
                     image_hash: String::new(),
                     envelope: String::new(),
+                    provenance_sig: None,
                     received: 0,
                 })
                 .collect(),

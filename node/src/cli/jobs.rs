@@ -225,6 +225,7 @@ mod tests {
             accel: "kvm".into(),
             image_hash: format!("b3:{}", "1".repeat(64)),
             envelope: String::new(),
+            provenance_sig: None,
             received: 0,
         }
     }

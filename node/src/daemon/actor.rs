@@ -122,6 +122,8 @@ pub struct Actor {
     pub(super) granted_ms: HashMap<LeaseId, u64>,
     /// The node's shutdown; each job task gets a child.
     cancel: CancellationToken,
+    /// Builders' provenance signatures from their commitments, until their results arrive.
+    provenance: HashMap<(JobId, NodeId), [u8; 64]>,
 }
 
 impl std::fmt::Debug for Actor {
@@ -166,6 +168,7 @@ impl Actor {
             submitted_ms: HashMap::new(),
             granted_ms: HashMap::new(),
             cancel: CancellationToken::new(),
+            provenance: HashMap::new(),
         };
         actor.restore();
         actor
@@ -553,12 +556,28 @@ impl Actor {
             envelope: bytes.clone(),
             received_at: now,
         });
+        // The builder's own signature over its provenance attestation travels with the
+        // commitment, so that anyone can export a provenance signed by the node that built.
+        let provenance_sig = self
+            .p
+            .db
+            .get_job(&out.job)
+            .ok()
+            .flatten()
+            .and_then(|rec| Signed::<Job>::from_bytes(&rec.envelope).ok())
+            .and_then(|job| {
+                crate::verify::attest::provenance_signature(&job, &out.result, &self.p.key).ok()
+            });
+        if let Some(sig) = &provenance_sig {
+            let _ = self.p.db.set_result_provenance(&out.job, &self.me, sig);
+        }
         let commitment = Commitment {
             job: out.job,
             lease: r.lease,
             node: self.me,
             digest: Commitment::digest_of(&self.me, &res.manifest_root),
             time: now,
+            provenance_sig: provenance_sig.map(serde_bytes::ByteArray::new),
         };
         let commit = Signed::sign(commitment, &self.p.key).to_bytes();
         self.outbox.push(Outgoing {
@@ -665,6 +684,9 @@ impl Actor {
         self.coordinator
             .on_commit(&m.job, &m.lease, m.digest, node, now())
             .map_err(|e| e.to_string())?;
+        if let Some(sig) = &m.provenance_sig {
+            self.provenance.insert((m.job, node), sig.into_array());
+        }
         debug!(job = %m.job.short(), node = %node.short(), "commitment received");
         Ok(())
     }
@@ -703,6 +725,9 @@ impl Actor {
             envelope: bytes.to_vec(),
             received_at: now,
         });
+        if let Some(sig) = self.provenance.remove(&(m.job, node)) {
+            let _ = self.p.db.set_result_provenance(&m.job, &node, &sig);
+        }
         info!(job = %m.job.short(), node = %node.short(), status = m.status.word(), root = %m.manifest_root.short(), "result received");
         if self.coordinator.job(&m.job).is_some_and(|j| j.complete()) {
             self.on_complete(m.job);

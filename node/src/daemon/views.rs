@@ -189,6 +189,7 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
                     accel: String::new(),
                     image_hash: String::new(),
                     envelope: hex::encode(&r.envelope),
+                    provenance_sig: None,
                     received: r.received_at,
                 });
                 continue;
@@ -215,6 +216,13 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
             accel: m.accel.to_string(),
             image_hash: m.image_hash.to_string(),
             envelope: hex::encode(&r.envelope),
+            provenance_sig: a
+                .parts()
+                .db
+                .result_provenance(&rec.id, &r.node)
+                .ok()
+                .flatten()
+                .map(hex::encode),
             received: r.received_at,
         });
     }

@@ -63,6 +63,9 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX results_by_job ON results(job_id);
     CREATE INDEX seen_by_expiry ON seen(expires);
     CREATE INDEX jobs_by_state ON jobs(state, expires);",
+    // 3: the builder's signature over its own provenance attestation, sent with its
+    // commitment (see verify::attest::provenance_signature).
+    "ALTER TABLE results ADD COLUMN provenance BLOB;",
 ];
 
 /// The schema version this barn writes.
@@ -433,6 +436,37 @@ impl Db {
             ],
         )?;
         Ok(n == 1)
+    }
+
+    /// Keeps the builder's 64-byte provenance signature beside its result.
+    pub fn set_result_provenance(
+        &self,
+        job: &JobId,
+        node: &NodeId,
+        sig: &[u8],
+    ) -> Result<bool, DbError> {
+        let n = self.conn.execute(
+            "UPDATE results SET provenance = ?3 WHERE job_id = ?1 AND node_id = ?2",
+            params![job.0.as_bytes(), node.0.as_bytes(), sig],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The builder's provenance signature for its result, if it sent one.
+    pub fn result_provenance(
+        &self,
+        job: &JobId,
+        node: &NodeId,
+    ) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT provenance FROM results WHERE job_id = ?1 AND node_id = ?2",
+                params![job.0.as_bytes(), node.0.as_bytes()],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     /// A job's results, in the order they arrived.

@@ -49,6 +49,13 @@
 //! is the signed job's: the exporter vouches only for having packaged them. A node can also
 //! sign its own provenance with [`sign_provenance`] (same statement, DSSE key = builder's).
 //!
+//! In a farm that is what happens: a volunteer that finishes a job computes its
+//! [`provenance_signature`] and sends the 64 bytes with its commitment; the coordinator keeps
+//! them beside the result, and `barn attest export` rebuilds the builder-signed envelope
+//! ([`builder_envelope`]: the statement is a pure function of the two signed envelopes, and
+//! ed25519 signatures are deterministic). Only a result without that signature (an older
+//! volunteer) falls back to the exporter's signature.
+//!
 //! The VSA is signed by the exporter too (its verifier id must name the DSSE signer) and
 //! carries every result it judged, so [`verify_file`] re-runs [`verdict::judge`] on them and
 //! requires the same summary: only the verifier and the time are the exporter's word. A
@@ -706,6 +713,39 @@ pub fn export_result(
     sign_statement(&provenance_statement(job, result), key)
 }
 
+/// The builder's signature over its own provenance: what a volunteer computes when it
+/// finishes a job and sends with its commitment. The statement is built only from the
+/// signed job and result, and ed25519 signatures are deterministic, so anyone holding the
+/// two envelopes and these 64 bytes can rebuild the builder-signed DSSE envelope
+/// ([`builder_envelope`]).
+pub fn provenance_signature(
+    job: &Signed<Job>,
+    result: &Signed<BuildResult>,
+    node_key: &SecretKey,
+) -> Result<[u8; 64], AttestError> {
+    let body = serde_json::to_vec(&provenance_statement(job, result))?;
+    Ok(node_key.sign(&pae(PAYLOAD_TYPE, &body)))
+}
+
+/// The builder-signed provenance envelope from the builder's 64-byte signature; checked.
+pub fn builder_envelope(
+    job: &Signed<Job>,
+    result: &Signed<BuildResult>,
+    sig: &[u8; 64],
+) -> Result<Envelope, AttestError> {
+    let body = serde_json::to_vec(&provenance_statement(job, result))?;
+    let env = Envelope {
+        payload: STANDARD.encode(&body),
+        payload_type: PAYLOAD_TYPE.to_string(),
+        signatures: vec![Signature {
+            keyid: Some(result.message().node.to_string()),
+            sig: STANDARD.encode(sig),
+        }],
+    };
+    verify_envelope(&env)?;
+    Ok(env)
+}
+
 /// The same provenance signed by the node that built it, for a node to sign its own.
 pub fn sign_provenance(
     result: &Signed<BuildResult>,
@@ -1206,6 +1246,24 @@ mod tests {
             variation: Default::default(),
         };
         Signed::sign(r, node)
+    }
+
+    #[test]
+    fn a_builders_64_byte_signature_rebuilds_its_own_provenance_envelope() {
+        let job = job();
+        let builder = key(1);
+        let r = result(&job, &builder, b"out");
+        let sig = provenance_signature(&job, &r, &builder).unwrap();
+        let env = builder_envelope(&job, &r, &sig).unwrap();
+        assert_eq!(
+            env.signatures[0].keyid.as_deref(),
+            Some(builder.node_id().to_string().as_str())
+        );
+        // The same envelope the builder would sign itself.
+        assert_eq!(env, sign_provenance(&r, &job, &builder).unwrap());
+        // Anyone else's signature does not pass as the builder's.
+        let forged = provenance_signature(&job, &r, &key(2)).unwrap();
+        assert!(builder_envelope(&job, &r, &forged).is_err());
     }
 
     #[test]
