@@ -85,14 +85,15 @@ fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Re
             .and_then(|v| v.provenance_sig.as_deref())
             .and_then(|h| hex::decode(h).ok())
             .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok());
-        let envelope = match builder_sig.map(|sig| attest::builder_envelope(&job, r, &sig)) {
-            Some(Ok(env)) => {
-                by_builder += 1;
-                env
-            }
-            _ => attest::export_result(&job, r, &key)
-                .with_context(|| format!("failed to export the result of {node}"))?,
-        };
+        let envelope =
+            match builder_sig.and_then(|sig| attest::builder_envelope(&job, r, &sig).ok()) {
+                Some(env) => {
+                    by_builder += 1;
+                    env
+                }
+                None => attest::export_result(&job, r, &key)
+                    .with_context(|| format!("failed to export the result of {node}"))?,
+            };
         envelopes.push(envelope);
     }
     let now = SystemTime::now()
