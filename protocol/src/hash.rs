@@ -1,7 +1,7 @@
 //! Content hashes: blake3, written `b3:` plus 64 lowercase hex digits.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -20,7 +20,13 @@ impl ContentHash {
     }
 
     /// Hashes everything `reader` yields, in constant memory; returns the hash and the length.
-    pub fn of_reader(mut reader: impl Read) -> io::Result<(Self, u64)> {
+    pub fn of_reader(reader: impl Read) -> io::Result<(Self, u64)> {
+        Self::copy_hashing(reader, &mut io::sink())
+    }
+
+    /// Copies `reader` into `writer` in constant memory, hashing what passes; returns the
+    /// hash and the length. The writer is flushed.
+    pub fn copy_hashing(mut reader: impl Read, writer: &mut impl Write) -> io::Result<(Self, u64)> {
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut len = 0u64;
@@ -32,8 +38,10 @@ impl ContentHash {
                 Err(e) => return Err(e),
             };
             hasher.update(&buf[..n]);
+            writer.write_all(&buf[..n])?;
             len += n as u64;
         }
+        writer.flush()?;
         Ok((Self(*hasher.finalize().as_bytes()), len))
     }
 

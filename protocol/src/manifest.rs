@@ -265,28 +265,12 @@ impl Manifest {
 
 fn hash_copy(
     reader: &mut impl Read,
-    mut out: Option<&mut Box<dyn Write>>,
+    out: Option<&mut Box<dyn Write>>,
 ) -> io::Result<(ContentHash, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut len = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        if let Some(w) = out.as_mut() {
-            w.write_all(&buf[..n])?;
-        }
-        len += n as u64;
+    match out {
+        Some(w) => ContentHash::copy_hashing(reader, w),
+        None => ContentHash::of_reader(reader),
     }
-    if let Some(w) = out.as_mut() {
-        w.flush()?;
-    }
-    Ok((hasher.finalize().into(), len))
 }
 
 fn strip(path: &str, prefix: &str) -> Option<String> {

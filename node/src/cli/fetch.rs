@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -370,28 +370,11 @@ fn copy_verified(src: &Path, out: &Path, e: &Entry, want: ContentHash) -> Result
     let mut writer = opts
         .open(&dest)
         .with_context(|| format!("failed to create {}", dest.display()))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                return Err(err).with_context(|| format!("failed to read {}", src.display()));
-            }
-        };
-        hasher.update(&buf[..n]);
-        writer
-            .write_all(&buf[..n])
-            .with_context(|| format!("failed to write {}", dest.display()))?;
-        size += n as u64;
-    }
+    let (got, size) = ContentHash::copy_hashing(&mut reader, &mut writer)
+        .with_context(|| format!("failed to copy {} to {}", src.display(), dest.display()))?;
     writer
         .sync_all()
         .with_context(|| format!("failed to write {}", dest.display()))?;
-    let got = ContentHash::from(hasher.finalize());
     if got != want || size != e.size {
         let _ = fs::remove_file(&dest);
         bail!(
