@@ -213,32 +213,11 @@ fn fake_result(
     odd: bool,
 ) -> BuildResult {
     let content: &[u8] = if odd { b"odd" } else { b"even" };
-    let manifest = barn_protocol::manifest::Manifest::new(vec![barn_protocol::manifest::Entry {
-        path: "out".into(),
-        kind: barn_protocol::manifest::EntryKind::File,
-        executable: false,
-        size: content.len() as u64,
-        hash: Some(ContentHash::of(content)),
-        target: None,
-    }]);
-    BuildResult {
-        job,
-        lease: Some(lease),
-        node,
-        status,
-        tasks: vec![],
-        manifest_root: manifest.root(),
-        manifest,
-        log_hash: ContentHash::of(b""),
-        log_size: 0,
-        timings: Timings::default(),
-        image_hash: ContentHash::of(b"img"),
-        arch: "x86_64".into(),
-        accel: Accel::Tcg,
-        qemu_version: "test".into(),
-        finished: 0,
-        variation: Default::default(),
-    }
+    let mut r = crate::verify::verdict::tests_support::result_with(&[("out", content)], status);
+    r.job = job;
+    r.lease = Some(lease);
+    r.node = node;
+    r
 }
 
 #[test]

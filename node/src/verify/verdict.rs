@@ -301,8 +301,9 @@ mod variation_tests {
     }
 }
 
+/// Fixtures for unit tests across the crate: a job and results with sensible defaults.
 #[cfg(test)]
-mod tests_support {
+pub(crate) mod tests_support {
     use super::*;
     use barn_protocol::SecretKey;
     use barn_protocol::manifest::Manifest;
