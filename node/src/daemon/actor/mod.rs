@@ -13,6 +13,9 @@
 //!             └─ phases ─▶ heartbeats ─rpc─▶ coordinator: Coordinator::on_heartbeat
 //! ```
 
+mod coordinate;
+mod gossip;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -35,13 +38,13 @@ use crate::config::Config;
 use crate::dirs::Dirs;
 use crate::net::behaviour::{Behaviour, BehaviourEvent};
 use crate::net::codec::{Request, Response};
-use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, topic};
+use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, topic};
 use crate::runner::{ImageStore, Runner};
 use crate::sched::coordinator::{self, Lease, LeaseState, Reputation};
 use crate::sched::volunteer::Action;
 use crate::sched::{Capabilities, Coordinator, Trust, Volunteer};
 use crate::store::blobs::BlobStore;
-use crate::store::db::{self, Db, JobRecord, LeaseRecord, ResultRecord};
+use crate::store::db::{self, Db, JobRecord, ResultRecord};
 
 /// What the actor is built from.
 pub struct Parts {
@@ -596,193 +599,6 @@ impl Actor {
         self.advertise();
     }
 
-    // ---- coordinator ----
-
-    fn record_grant(&mut self, job: &JobId, node: NodeId, decision: &GrantDecision, now: u64) {
-        if let GrantDecision::Granted { lease, expires, .. } = decision {
-            self.granted_ms.entry(*lease).or_insert_with(now_ms);
-            let rec = LeaseRecord {
-                id: *lease,
-                job: *job,
-                node,
-                state: db::LeaseState::Active,
-                expires: *expires,
-                granted_at: now,
-            };
-            if self.p.db.insert_lease(&rec).is_err() {
-                let _ = self
-                    .p
-                    .db
-                    .update_lease(lease, db::LeaseState::Active, *expires);
-            }
-            info!(job = %job.short(), node = %node.short(), "granted a lease");
-        }
-    }
-
-    fn on_claim(&mut self, peer: PeerId, bytes: &[u8]) -> Response {
-        let claim = match Signed::<Claim>::from_bytes(bytes) {
-            Ok(c) => c,
-            Err(e) => return Response::Rejected(format!("claim: {e}")),
-        };
-        let node = NodeId(claim.signer());
-        if node.to_peer_id() != peer || claim.message().node != node {
-            return Response::Rejected("claim signed by another node than the sender".into());
-        }
-        let now = now();
-        if let Err(e) = fresh(claim.message().time, now) {
-            return Response::Rejected(format!("claim: {e}"));
-        }
-        let job = claim.message().job;
-        let decision = self
-            .coordinator
-            .on_claim(&job, node, self.reputation(&node), now);
-        self.record_grant(&job, node, &decision, now);
-        let grant = Grant {
-            job,
-            node,
-            decision,
-            time: now,
-        };
-        Response::Grant(Signed::sign(grant, &self.p.key).to_bytes())
-    }
-
-    fn on_heartbeat(&mut self, peer: PeerId, bytes: &[u8]) -> Response {
-        let hb = match Signed::<Heartbeat>::from_bytes(bytes) {
-            Ok(h) => h,
-            Err(e) => return Response::Rejected(format!("heartbeat: {e}")),
-        };
-        let node = NodeId(hb.signer());
-        if node.to_peer_id() != peer {
-            return Response::Rejected("heartbeat signed by another node than the sender".into());
-        }
-        let m = hb.message();
-        if let Err(e) = fresh(m.time, now()) {
-            return Response::Rejected(format!("heartbeat: {e}"));
-        }
-        match self.coordinator.on_heartbeat(&m.job, &m.lease, node, now()) {
-            Ok(expires) => {
-                let _ = self
-                    .p
-                    .db
-                    .update_lease(&m.lease, db::LeaseState::Active, expires);
-                Response::Ack
-            }
-            Err(e) => Response::Rejected(e.to_string()),
-        }
-    }
-
-    /// Checks and records a commitment for a job this node coordinates.
-    fn accept_commit(&mut self, bytes: &[u8], sender: NodeId) -> Result<(), String> {
-        let signed =
-            Signed::<Commitment>::from_bytes(bytes).map_err(|e| format!("commitment: {e}"))?;
-        let node = NodeId(signed.signer());
-        let m = signed.message();
-        fresh(m.time, now()).map_err(|e| format!("commitment: {e}"))?;
-        if node != sender || m.node != node {
-            return Err("commitment signed by another node than the sender".into());
-        }
-        self.coordinator
-            .on_commit(&m.job, &m.lease, m.digest, node, now())
-            .map_err(|e| e.to_string())?;
-        if let Some(sig) = &m.provenance_sig {
-            self.provenance.insert((m.job, node), sig.into_array());
-        }
-        debug!(job = %m.job.short(), node = %node.short(), "commitment received");
-        Ok(())
-    }
-
-    /// Checks and records a result for a job this node coordinates.
-    fn accept_result(&mut self, bytes: &[u8], sender: NodeId) -> Result<(), String> {
-        let signed =
-            Signed::<BuildResult>::from_bytes(bytes).map_err(|e| format!("result: {e}"))?;
-        let node = NodeId(signed.signer());
-        if node != sender {
-            return Err("result signed by another node than the sender".into());
-        }
-        let m = signed.message();
-        if m.manifest.root() != m.manifest_root {
-            return Err("the manifest does not hash to the manifest root".into());
-        }
-        let now = now();
-        let state = self
-            .coordinator
-            .on_result(&m.job, m, node, now)
-            .map_err(|e| match e {
-                coordinator::Refusal::NotYet => format!("{NOT_YET}{e}"),
-                e => e.to_string(),
-            })?;
-        if let Some(lease) = m.lease {
-            let s = if state == LeaseState::Done {
-                db::LeaseState::Completed
-            } else {
-                db::LeaseState::Released
-            };
-            let _ = self.p.db.update_lease(&lease, s, now);
-        }
-        let _ = self.p.db.insert_result(&ResultRecord {
-            job: m.job,
-            node,
-            envelope: bytes.to_vec(),
-            received_at: now,
-        });
-        if let Some(sig) = self.provenance.remove(&(m.job, node)) {
-            let _ = self.p.db.set_result_provenance(&m.job, &node, &sig);
-        }
-        info!(job = %m.job.short(), node = %node.short(), status = m.status.word(), root = %m.manifest_root.short(), "result received");
-        if self.coordinator.job(&m.job).is_some_and(|j| j.complete()) {
-            self.on_complete(m.job);
-        }
-        Ok(())
-    }
-
-    /// Every replica of a job has a result: judge, break a tie if allowed, or settle
-    /// reputations.
-    fn on_complete(&mut self, id: JobId) {
-        let Some(cjob) = self.coordinator.job(&id) else {
-            return;
-        };
-        let job = cjob.job.clone();
-        let results: Vec<(NodeId, BuildResult)> = self
-            .p
-            .db
-            .list_results(&id)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| Signed::<BuildResult>::from_bytes(&r.envelope).ok())
-            .map(|s| (NodeId(s.signer()), s.message().clone()))
-            .collect();
-        let verdict = crate::verify::verdict::judge(&job, &results);
-        if verdict.verdict == crate::verify::verdict::Kind::Differs
-            && verdict.majority.is_empty()
-            && self.coordinator.request_tiebreak(&id)
-        {
-            info!(job = %id.short(), "replicas disagree with no majority: asking one more node");
-            self.announce(&id);
-            return;
-        }
-        let _ = self.p.db.set_job_state(&id, db::JobState::Complete);
-        info!(job = %id.short(), verdict = verdict.verdict.word(), "every replica has a result");
-        // Settled: now every result may be seen by anyone.
-        for r in self.p.db.list_results(&id).unwrap_or_default() {
-            if r.envelope.len() <= barn_protocol::limits::MAX_GOSSIP_MESSAGE {
-                self.publish(TOPIC_RESULTS, r.envelope);
-            }
-        }
-        let now = now();
-        // Reputation counts only real disagreement: a strict majority outvoting a node, and
-        // not a split the job's own variations explain.
-        let fair = !verdict.majority.is_empty() && verdict.explained_by.is_empty();
-        for (node, _) in results.iter().filter(|_| fair) {
-            let name = node.to_string();
-            if verdict.majority.contains(&name) {
-                let _ = self.p.db.record_agreement(node, true, now);
-            } else if verdict.minority.contains(&name) {
-                warn!(job = %id.short(), node = %node.short(), "node disagreed with the majority");
-                let _ = self.p.db.record_agreement(node, false, now);
-            }
-        }
-    }
-
     fn on_request(&mut self, peer: PeerId, req: Request) -> Response {
         let _span = tracing::debug_span!("peer", peer = %peer).entered();
         let sender = match NodeId::from_peer_id(&peer) {
@@ -869,98 +685,6 @@ impl Actor {
             }
             Pending::Heartbeat => {}
         }
-    }
-
-    // ---- gossip ----
-
-    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
-        let _span = tracing::debug_span!("peer", peer = %source).entered();
-        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
-        let verdict = match msg.topic.as_str() {
-            TOPIC_JOBS => self.on_job_gossip(&msg.data),
-            TOPIC_ADVERTS => self.on_advert_gossip(&msg.data),
-            TOPIC_RESULTS => self.on_result_gossip(&msg.data),
-            _ => Err(true),
-        };
-        let acceptance = match verdict {
-            Ok(()) => Accept,
-            Err(true) => Reject,
-            Err(false) => Ignore,
-        };
-        self.p
-            .swarm
-            .behaviour_mut()
-            .report_gossip(&id, &source, acceptance);
-    }
-
-    /// `Err(true)`: invalid (reject, penalise); `Err(false)`: valid but not for us.
-    fn on_job_gossip(&mut self, data: &[u8]) -> Result<(), bool> {
-        let ann: JobAnnounce =
-            barn_protocol::cbor::from_slice(data, JobAnnounce::MAX_SIZE).map_err(|_| true)?;
-        let signed = Signed::<Job>::from_bytes(&ann.job).map_err(|e| {
-            debug!("invalid job announcement: {e}");
-            true
-        })?;
-        if let Err(why) = barn_protocol::jobfile::validate(&signed.message().spec) {
-            debug!("job announcement out of bounds: {why}");
-            return Err(true);
-        }
-        let id = JobId::of(&signed);
-        let job = signed.message().clone();
-        let now = now();
-        if job.expires <= now {
-            return Err(false);
-        }
-        let submitter = SubmitterId(signed.signer());
-        let rec = JobRecord {
-            id,
-            envelope: ann.job.clone(),
-            submitter,
-            state: db::JobState::Open,
-            created: job.created,
-            expires: job.expires,
-            coordinated: false,
-        };
-        let _ = self.p.db.insert_job(&rec);
-        let actions = self.volunteer.on_job(id, job, submitter, now);
-        self.carry_out(actions);
-        Ok(())
-    }
-
-    fn on_advert_gossip(&mut self, data: &[u8]) -> Result<(), bool> {
-        let signed = Signed::<NodeAdvert>::from_bytes(data).map_err(|_| true)?;
-        let a = signed.message();
-        if NodeId(signed.signer()) != a.node {
-            return Err(true);
-        }
-        let now = now();
-        if a.expires <= now {
-            return Err(false);
-        }
-        let peer = a.node.to_peer_id();
-        for addr in a.addrs.iter().filter_map(|s| s.parse::<Multiaddr>().ok()) {
-            self.p.swarm.behaviour_mut().add_peer_address(&peer, addr);
-        }
-        let _ = self.p.db.upsert_node_advert(&a.node, data, now);
-        Ok(())
-    }
-
-    fn on_result_gossip(&mut self, data: &[u8]) -> Result<(), bool> {
-        let signed = Signed::<BuildResult>::from_bytes(data).map_err(|_| true)?;
-        let m = signed.message();
-        if NodeId(signed.signer()) != m.node || m.manifest.root() != m.manifest_root {
-            return Err(true);
-        }
-        if self.coordinator.job(&m.job).is_some() {
-            return Ok(()); // the direct copy is the one that counts
-        }
-        let _ = self.p.db.insert_result(&ResultRecord {
-            job: m.job,
-            node: m.node,
-            envelope: data.to_vec(),
-            received_at: now(),
-        });
-        Ok(())
     }
 
     // ---- swarm ----
