@@ -17,6 +17,7 @@
 //! | `GET /api/jobs/{id}` | [`JobDetail`]; 404 for an unknown or ambiguous id |
 //! | `POST /api/submit` | [`SubmitRequest`] → [`SubmitResponse`]; 400 if the node refuses it |
 //! | `POST /api/fetch` | [`FetchRequest`] → [`FetchResponse`]; 502 if no peer delivered it |
+//! | `GET /api/events` | server-sent events: one [`Event`] a message, named by its kind |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /` | the web page (`page.html`) |
 //!
@@ -30,6 +31,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -56,6 +58,8 @@ const TOKEN_SLOT: &str = "\"__BARN_TOKEN__\"";
 struct AppState {
     handle: NodeHandle,
     token: Arc<str>,
+    /// Ends the event streams, which would otherwise hold a graceful shutdown open.
+    shutdown: CancellationToken,
 }
 
 /// Serves the API on `listener` until `shutdown` fires, then finishes the requests in
@@ -74,6 +78,7 @@ pub async fn serve(
     let app = router(AppState {
         handle,
         token: token.into(),
+        shutdown: shutdown.clone(),
     });
     axum::serve(
         listener,
@@ -91,6 +96,7 @@ fn router(state: AppState) -> Router {
         .route("/api/jobs/{id}", get(job))
         .route("/api/submit", post(submit))
         .route("/api/fetch", post(fetch))
+        .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -100,6 +106,33 @@ fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(loopback_only))
         .with_state(state)
+}
+
+/// `GET /api/events`: the node's events as server-sent events until the client leaves or
+/// the node stops; a subscriber that falls behind gets a `lagged` event with the count of
+/// events it missed.
+async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let rx = state.handle.subscribe();
+    let stream =
+        futures::stream::unfold((rx, state.shutdown.clone()), |(mut rx, stop)| async move {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = rx.recv() => r,
+            };
+            let event = match next {
+                Ok(ev) => SseEvent::default()
+                    .event(ev.name())
+                    .data(serde_json::to_string(&ev).unwrap_or_default()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    SseEvent::default().event("lagged").data(n.to_string())
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(event), (rx, stop)))
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// An error answer: a status and the message of an [`ApiError`].
@@ -603,6 +636,52 @@ mod tests {
 
     fn auth() -> String {
         format!("Authorization: Bearer {TOKEN}")
+    }
+
+    #[tokio::test]
+    async fn events_stream_as_server_sent_events() {
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(fake_actor(rx));
+        let handle = NodeHandle::new(tx);
+        let events = handle.events();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(handle, listener, TOKEN.into(), stop.clone()));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n{}\r\n\r\n",
+            auth()
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        // Publish until the subscription is there, then read the event off the stream.
+        let mut seen = String::new();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..50 {
+            let _ = events.send(crate::api::types::Event::JobSettled {
+                job: "b3:ab".into(),
+                verdict: "reproducible".into(),
+            });
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(std::time::Duration::from_millis(100), conn.read(&mut buf))
+                    .await
+            {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            if seen.contains("event: job_settled") {
+                break;
+            }
+        }
+        assert!(seen.contains("text/event-stream"), "{seen}");
+        assert!(seen.contains("event: job_settled"), "{seen}");
+        assert!(seen.contains("\"verdict\":\"reproducible\""), "{seen}");
+        // Stopping the node ends the stream, so the shutdown is not held open.
+        stop.cancel();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        assert!(
+            done.is_ok(),
+            "the server did not stop with an event stream open"
+        );
     }
 
     #[tokio::test]

@@ -148,3 +148,47 @@ pub struct FetchResponse {
 pub struct ApiError {
     pub error: String,
 }
+
+/// Something that happened on this node, as `GET /api/events` streams it (server-sent
+/// events, the event name is the variant's name). Ids are `b3:` job ids and peer ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    /// This node took a job on to coordinate.
+    JobSubmitted { job: String },
+    /// A job announced by another coordinator was heard for the first time.
+    JobAnnounced { job: String },
+    /// This node, as coordinator, granted a lease.
+    LeaseGranted { job: String, node: String },
+    /// A lease lapsed without heartbeats.
+    LeaseExpired { job: String, node: String },
+    /// This node, as volunteer, started a leased job.
+    JobStarted { job: String },
+    /// This node, as volunteer, finished a job.
+    JobFinished { job: String, status: String },
+    /// This node, as coordinator, took a replica's result.
+    ResultReceived {
+        job: String,
+        node: String,
+        status: String,
+        manifest_root: String,
+    },
+    /// Every replica reported: the verdict.
+    JobSettled { job: String, verdict: String },
+}
+
+impl Event {
+    /// The server-sent event's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::JobSubmitted { .. } => "job_submitted",
+            Event::JobAnnounced { .. } => "job_announced",
+            Event::LeaseGranted { .. } => "lease_granted",
+            Event::LeaseExpired { .. } => "lease_expired",
+            Event::JobStarted { .. } => "job_started",
+            Event::JobFinished { .. } => "job_finished",
+            Event::ResultReceived { .. } => "result_received",
+            Event::JobSettled { .. } => "job_settled",
+        }
+    }
+}

@@ -2,9 +2,12 @@
 //! oneshot reply and waits for it. The API server holds one.
 
 use barn_protocol::ContentHash;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::api::types::{FetchResponse, JobDetail, JobView, NodeView, StatusView};
+use crate::api::types::{Event, FetchResponse, JobDetail, JobView, NodeView, StatusView};
+
+/// Events kept for a slow subscriber before it misses some.
+pub const EVENT_BUFFER: usize = 256;
 
 /// A request to the actor.
 #[derive(Debug)]
@@ -28,6 +31,7 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
 }
 
 /// The actor is gone (the node is shutting down).
@@ -37,7 +41,22 @@ pub struct Gone;
 
 impl NodeHandle {
     pub fn new(tx: mpsc::Sender<Command>) -> Self {
-        Self { tx }
+        Self::with_events(tx, broadcast::channel(EVENT_BUFFER).0)
+    }
+
+    /// A handle whose event stream is fed by `events` (the actor holds the other side).
+    pub fn with_events(tx: mpsc::Sender<Command>, events: broadcast::Sender<Event>) -> Self {
+        Self { tx, events }
+    }
+
+    /// A new subscription to the node's events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The sending side of the events (for the actor and for tests).
+    pub fn events(&self) -> broadcast::Sender<Event> {
+        self.events.clone()
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Gone> {

@@ -97,7 +97,8 @@ pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationTok
     write_api_files(&dirs.data, &api_addr.to_string(), &token)?;
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(64);
     let api_cancel = cancel.child_token();
-    let handle = handle::NodeHandle::new(cmd_tx);
+    let (events, _) = tokio::sync::broadcast::channel(handle::EVENT_BUFFER);
+    let handle = handle::NodeHandle::with_events(cmd_tx, events.clone());
     let api = tokio::spawn(crate::api::server::serve(
         handle,
         listener,
@@ -109,6 +110,7 @@ pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationTok
     eprintln!("  api  http://{api_addr}/?token={token}");
 
     let actor = actor::Actor::new(actor::Parts {
+        events,
         key,
         cfg,
         opts,

@@ -8,6 +8,7 @@ use libp2p::PeerId;
 use tracing::{debug, info, warn};
 
 use super::{Actor, NOT_YET, fresh, now, now_ms};
+use crate::api::types::Event;
 use crate::net::codec::Response;
 use crate::net::swarm::TOPIC_RESULTS;
 use crate::sched::coordinator::{self, LeaseState};
@@ -38,6 +39,10 @@ impl Actor {
                     .update_lease(lease, db::LeaseState::Active, *expires);
             }
             info!(job = %job.short(), node = %node.short(), "granted a lease");
+            self.emit(Event::LeaseGranted {
+                job: job.to_string(),
+                node: node.to_string(),
+            });
         }
     }
 
@@ -151,6 +156,12 @@ impl Actor {
             let _ = self.p.db.set_result_provenance(&m.job, &node, &sig);
         }
         info!(job = %m.job.short(), node = %node.short(), status = m.status.word(), root = %m.manifest_root.short(), "result received");
+        self.emit(Event::ResultReceived {
+            job: m.job.to_string(),
+            node: node.to_string(),
+            status: m.status.word().into(),
+            manifest_root: m.manifest_root.to_string(),
+        });
         if self.coordinator.job(&m.job).is_some_and(|j| j.complete()) {
             self.on_complete(m.job);
         }
@@ -184,6 +195,10 @@ impl Actor {
         }
         let _ = self.p.db.set_job_state(&id, db::JobState::Complete);
         info!(job = %id.short(), verdict = verdict.verdict.word(), "every replica has a result");
+        self.emit(Event::JobSettled {
+            job: id.to_string(),
+            verdict: verdict.verdict.word().into(),
+        });
         // Settled: now every result may be seen by anyone.
         for r in self.p.db.list_results(&id).unwrap_or_default() {
             if r.envelope.len() <= barn_protocol::limits::MAX_GOSSIP_MESSAGE {

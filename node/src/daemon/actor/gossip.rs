@@ -8,6 +8,7 @@ use libp2p::{Multiaddr, PeerId, gossipsub};
 use tracing::debug;
 
 use super::{Actor, now};
+use crate::api::types::Event;
 use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS};
 use crate::store::db::{self, JobRecord, ResultRecord};
 
@@ -65,7 +66,11 @@ impl Actor {
             expires: job.expires,
             coordinated: false,
         };
-        let _ = self.p.db.insert_job(&rec);
+        if let Ok(true) = self.p.db.insert_job(&rec) {
+            self.emit(Event::JobAnnounced {
+                job: id.to_string(),
+            });
+        }
         let actions = self.volunteer.on_job(id, job, submitter, now);
         self.carry_out(actions);
         Ok(())

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use super::handle::Command;
 use super::work::{self, Internal, WorkOutcome};
 use super::{Options, now};
+use crate::api::types::Event;
 use crate::config::Config;
 use crate::dirs::Dirs;
 use crate::net::behaviour::{Behaviour, BehaviourEvent};
@@ -48,6 +49,8 @@ use crate::store::db::{self, Db, JobRecord, ResultRecord};
 
 /// What the actor is built from.
 pub struct Parts {
+    /// What happens, for `GET /api/events`.
+    pub events: tokio::sync::broadcast::Sender<crate::api::types::Event>,
     pub key: SecretKey,
     pub cfg: Config,
     pub opts: Options,
@@ -264,6 +267,10 @@ impl Actor {
         let now = now();
         for (job, lease) in self.coordinator.tick(now) {
             info!(job = %job.short(), node = %lease.node.short(), "lease expired without heartbeat");
+            self.emit(Event::LeaseExpired {
+                job: job.to_string(),
+                node: lease.node.to_string(),
+            });
             let _ = self
                 .p
                 .db
@@ -503,6 +510,9 @@ impl Actor {
         };
         let coordinator = signed.message().coordinator.to_peer_id();
         info!(job = %job.short(), lease = %lease, "granted: starting");
+        self.emit(Event::JobStarted {
+            job: job.to_string(),
+        });
         self.running.insert(
             job,
             Running {
@@ -553,6 +563,10 @@ impl Actor {
         let bytes = out.result.to_bytes();
         let res = out.result.message();
         info!(job = %out.job.short(), status = res.status.word(), root = %res.manifest_root.short(), "finished");
+        self.emit(Event::JobFinished {
+            job: out.job.to_string(),
+            status: res.status.word().into(),
+        });
         let _ = self.p.db.insert_result(&ResultRecord {
             job: out.job,
             node: self.me,
@@ -829,6 +843,9 @@ impl Actor {
         };
         self.p.db.insert_job(&rec).map_err(|e| e.to_string())?;
         info!(job = %id.short(), replicas = job.spec.replicas, "coordinating a new job");
+        self.emit(Event::JobSubmitted {
+            job: id.to_string(),
+        });
         self.coordinator.add_job(id, job.clone(), vec![], now());
         self.announce(&id);
         // This node may volunteer for its own job too.
@@ -877,6 +894,11 @@ impl Actor {
                 size,
             }));
         });
+    }
+
+    /// Tells event subscribers (the API's `/api/events`); nobody listening is fine.
+    pub(super) fn emit(&self, event: Event) {
+        let _ = self.p.events.send(event);
     }
 
     // ---- accessors for views ----
