@@ -17,7 +17,7 @@
 //! | `GET /api/jobs/{id}` | [`JobDetail`]; 404 for an unknown or ambiguous id |
 //! | `POST /api/submit` | [`SubmitRequest`] → [`SubmitResponse`]; 400 if the node refuses it |
 //! | `POST /api/fetch` | [`FetchRequest`] → [`FetchResponse`]; 502 if no peer delivered it |
-//! | `GET /api/events` | server-sent events: one [`Event`] a message, named by its kind |
+//! | `GET /api/events` | server-sent events: one [`Event`](crate::api::types::Event) a message, named by its kind |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /` | the web page (`page.html`) |
 //!
