@@ -313,12 +313,18 @@ pub fn normalize(raw: &str) -> Result<String, ManifestError> {
     Ok(parts.join("/"))
 }
 
-fn check_link(path: &str, target: &str) -> Result<(), ManifestError> {
+/// Checks that a symbolic link at `path` with `target` stays inside the tree: relative,
+/// not empty, no NUL, and never climbing above the tree's root.
+pub fn check_link(path: &str, target: &str) -> Result<(), ManifestError> {
     let escapes = || ManifestError::LinkEscapes {
         path: path.to_string(),
         target: target.chars().take(200).collect(),
     };
-    if target.is_empty() || target.len() > MAX_LINK_TARGET || target.starts_with('/') {
+    if target.is_empty()
+        || target.len() > MAX_LINK_TARGET
+        || target.starts_with('/')
+        || target.contains('\0')
+    {
         return Err(escapes());
     }
     // Depth of the link's directory, then walk the target.

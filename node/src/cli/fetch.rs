@@ -303,34 +303,16 @@ impl<'a> Plan<'a> {
                 EntryKind::Dir => plan.dirs.push(e),
                 EntryKind::File => plan.files.push(e),
                 EntryKind::Symlink => {
-                    link_stays_inside(&e.path, e.target.as_deref().unwrap_or_default())?;
+                    barn_protocol::manifest::check_link(
+                        &e.path,
+                        e.target.as_deref().unwrap_or_default(),
+                    )?;
                     plan.links.push(e);
                 }
             }
         }
         Ok(plan)
     }
-}
-
-/// A link's target, read from the link's folder, must stay inside the output.
-fn link_stays_inside(path: &str, target: &str) -> Result<()> {
-    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
-        bail!("link {path:?} points outside the output ({target:?})");
-    }
-    let mut depth = path.split('/').count() as i64 - 1;
-    for comp in target.split('/') {
-        match comp {
-            "" | "." => {}
-            ".." => {
-                depth -= 1;
-                if depth < 0 {
-                    bail!("link {path:?} points outside the output ({target:?})");
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    Ok(())
 }
 
 /// Makes `out` if needed; refuses one that already holds something.
