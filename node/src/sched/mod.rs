@@ -21,8 +21,8 @@ mod tests;
 
 use std::collections::BTreeSet;
 
+use barn_protocol::SubmitterId;
 use barn_protocol::message::Job;
-use barn_protocol::{ContentHash, SubmitterId};
 
 pub use coordinator::Coordinator;
 pub use volunteer::Volunteer;
@@ -36,8 +36,6 @@ pub struct Capabilities {
     pub memory_bytes: u64,
     /// Most jobs at once.
     pub slots: u32,
-    /// Images it holds, by hash (it can fetch others from the coordinator).
-    pub images: BTreeSet<ContentHash>,
     /// Largest output quota (disk) one job may have.
     pub max_disk_bytes: u64,
     /// Longest timeout one job may have, in seconds.

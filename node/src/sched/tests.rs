@@ -37,7 +37,6 @@ fn caps(archs: &[&str], mem_mib: u64, slots: u32) -> Capabilities {
         archs: archs.iter().map(|s| s.to_string()).collect(),
         memory_bytes: mem_mib << 20,
         slots,
-        images: BTreeSet::new(),
         max_disk_bytes: 8 << 30,
         max_timeout_secs: 7200,
     }

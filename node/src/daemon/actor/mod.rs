@@ -148,7 +148,6 @@ impl Actor {
             archs: vec!["x86_64".into()],
             memory_bytes: p.cfg.max_memory_bytes,
             slots: p.cfg.slots,
-            images: Default::default(),
             max_disk_bytes: p.cfg.max_disk_bytes,
             max_timeout_secs: p.cfg.max_timeout.as_secs(),
         };
@@ -298,7 +297,6 @@ impl Actor {
         let now = now();
         self.last_advert = now;
         let images = self.p.images.list().unwrap_or_default();
-        self.volunteer.caps.images = images.iter().map(|i| i.hash).collect();
         let advert = NodeAdvert {
             node: self.me,
             version: env!("CARGO_PKG_VERSION").to_string(),
