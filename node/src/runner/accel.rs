@@ -51,8 +51,7 @@ pub async fn choose(
         return Accel::Tcg;
     }
     let cache_path = data_dir.join("accel-canary.toml");
-    let qemu = super::qemu::qemu_version(Path::new(&super::qemu::qemu_binary("x86_64")))
-        .unwrap_or_default();
+    let qemu = runner.qemu_version(Path::new(&super::qemu::qemu_binary("x86_64")));
     let key = (host_kernel(), qemu.clone());
     if let Ok(text) = std::fs::read_to_string(&cache_path)
         && let Ok(c) = toml::from_str::<Cached>(&text)

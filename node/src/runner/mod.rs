@@ -151,6 +151,8 @@ pub struct Runner {
     cfg: Arc<RunnerConfig>,
     slots: Arc<Semaphore>,
     tsc_khz: Option<u64>,
+    /// `qemu-system-… --version`, asked once per QEMU binary rather than once per job.
+    qemu_versions: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>>,
 }
 
 /// How the VM phase ended.
@@ -169,7 +171,17 @@ impl Runner {
             cfg: Arc::new(cfg),
             slots,
             tsc_khz: qemu::host_tsc_khz(),
+            qemu_versions: Default::default(),
         }
+    }
+
+    /// The version of the QEMU binary `qemu`, remembered after the first ask.
+    pub fn qemu_version(&self, qemu: &std::path::Path) -> String {
+        let mut known = self.qemu_versions.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .entry(qemu.to_path_buf())
+            .or_insert_with(|| qemu::qemu_version(qemu).unwrap_or_else(|| "unknown".into()))
+            .clone()
     }
 
     /// The node's limits.
@@ -228,7 +240,7 @@ impl Runner {
         };
 
         let qemu_bin = PathBuf::from(qemu::qemu_binary(&spec.arch));
-        let qemu_version = qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
+        let qemu_version = self.qemu_version(&qemu_bin);
         let vm = qemu::VmConfig {
             qemu: qemu_bin.clone(),
             accel,
