@@ -8,12 +8,14 @@
 //! - the v1 messages ([`message`]),
 //! - output manifests and their root hash ([`manifest`]),
 //! - deterministic source packing ([`pack`]),
-//! - the job file `barn.toml` ([`jobfile`]).
+//! - the job file `barn.toml` ([`jobfile`]),
+//! - the guest init's console markers and status record ([`guest`]).
 //!
 //! `docs/protocol.md` in the repository is the specification these types implement.
 
 pub mod cbor;
 pub mod envelope;
+pub mod guest;
 pub mod hash;
 pub mod identity;
 pub mod jobfile;

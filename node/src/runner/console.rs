@@ -11,6 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::ChildStdout;
 use tokio::sync::mpsc;
 
+use barn_protocol::guest::{Mark, parse_mark};
+
 use super::Event;
 
 /// Longest line passed to displays and parsed for markers.
@@ -18,39 +20,11 @@ const MAX_LINE: usize = 4096;
 /// Lines remembered for error messages.
 const TAIL_LINES: usize = 5;
 
-/// A marker line from the guest init.
-#[derive(Debug)]
-pub enum Mark {
-    Ready,
-    /// The init applied the replica's variations.
-    Vary,
-    TaskStart(String),
-    TaskExit(String, i32, u64),
-    Result,
-}
-
 /// What the pump saw.
 #[derive(Debug, Default)]
 pub struct ConsoleSummary {
     pub dropped: u64,
     pub last_lines: Vec<String>,
-}
-
-fn parse_mark(line: &str) -> Option<Mark> {
-    let rest = line.trim_end_matches('\r').strip_prefix("barn: ")?;
-    let words: Vec<&str> = rest.split(' ').collect();
-    match words.as_slice() {
-        ["ready", ..] => Some(Mark::Ready),
-        ["vary", ..] => Some(Mark::Vary),
-        ["task", name, "start"] => Some(Mark::TaskStart(name.to_string())),
-        ["task", name, "exit", rc, "ms", ms] => Some(Mark::TaskExit(
-            name.to_string(),
-            rc.parse().ok()?,
-            ms.parse().ok()?,
-        )),
-        ["result", ..] => Some(Mark::Result),
-        _ => None,
-    }
 }
 
 /// Copies the console to `log_path` (up to `cap` bytes), sending marks and log lines.
@@ -103,25 +77,4 @@ pub async fn pump(
     }
     let _ = log.flush().await;
     summary
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn marks_parse() {
-        assert!(matches!(
-            parse_mark("barn: ready ms 1200"),
-            Some(Mark::Ready)
-        ));
-        assert!(
-            matches!(parse_mark("barn: task 000-build start"), Some(Mark::TaskStart(n)) if n == "000-build")
-        );
-        assert!(matches!(
-            parse_mark("barn: task 000-build exit 2 ms 30\r"),
-            Some(Mark::TaskExit(_, 2, 30))
-        ));
-        assert!(parse_mark("hello barn: ready").is_none());
-    }
 }

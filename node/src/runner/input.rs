@@ -24,14 +24,7 @@ pub fn task_file_name(index: usize, name: &str) -> String {
     format!("{index:03}-{name}")
 }
 
-/// The task index from a guest's task file name.
-pub fn task_index(file_name: &str) -> Option<usize> {
-    file_name
-        .get(..3)?
-        .parse()
-        .ok()
-        .filter(|_| file_name.as_bytes().get(3) == Some(&b'-'))
-}
+pub use barn_protocol::guest::task_index;
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();

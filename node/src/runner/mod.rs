@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use barn_protocol::ContentHash;
+use barn_protocol::guest::Mark;
 use barn_protocol::manifest::Manifest;
 use barn_protocol::message::{Accel, BuildStatus, JobSpec, Phase, TaskOutcome, Timings};
 use tokio::io::AsyncReadExt;
@@ -288,7 +289,7 @@ impl Runner {
         let pid = child.id();
         let stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
-        let (marks_tx, mut marks) = mpsc::channel::<console::Mark>(256);
+        let (marks_tx, mut marks) = mpsc::channel::<barn_protocol::guest::Mark>(256);
         let console = tokio::spawn(console::pump(
             stdout,
             log_path.clone(),
@@ -328,26 +329,26 @@ impl Runner {
                     break Ending::Exited;
                 }
                 Some(mark) = marks.recv() => match mark {
-                    console::Mark::Vary => varied = true,
-                    console::Mark::Ready => {
+                    Mark::Vary => varied = true,
+                    Mark::Ready => {
                         boot_ms = t_boot.elapsed().as_millis() as u64;
                         t_run = Some(Instant::now());
                         emit(Event::Phase(Phase::Running));
                     }
-                    console::Mark::TaskStart(name) => {
+                    Mark::TaskStart(name) => {
                         if let Some(index) = input::task_index(&name) {
                             running = Some((index, Instant::now()));
                             emit(Event::TaskStarted { index, name: task_name(spec, index) });
                         }
                     }
-                    console::Mark::TaskExit(name, exit_code, duration_ms) => {
+                    Mark::TaskExit { name, exit_code, duration_ms } => {
                         if let Some(index) = input::task_index(&name) {
                             running = None;
                             seen_tasks.push(TaskOutcome { name: task_name(spec, index), exit_code: Some(exit_code), duration_ms });
                             emit(Event::TaskFinished { index, name: task_name(spec, index), exit_code, duration_ms });
                         }
                     }
-                    console::Mark::Result => {
+                    Mark::Result => {
                         t_done = Some(Instant::now());
                         emit(Event::Phase(Phase::Collecting));
                     }

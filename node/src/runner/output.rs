@@ -12,23 +12,7 @@ use std::path::Path;
 
 use barn_protocol::manifest::{Manifest, ManifestError, TarLimits};
 
-use super::input::task_index;
-
-/// The most bytes of `status` read.
-const MAX_STATUS: u64 = 64 * 1024;
-
-/// What the guest's `status` file says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GuestStatus {
-    /// (task index, exit code, duration in ms), in the order run.
-    pub tasks: Vec<(usize, i32, u64)>,
-    /// `Some(true)` for `result ok`, `Some(false)` for `result failed …`.
-    pub ok: Option<bool>,
-    /// Artifact globs that matched nothing.
-    pub unmatched: Vec<String>,
-    /// The artifacts did not fit the output disk.
-    pub overflow: bool,
-}
+use barn_protocol::guest::{GuestStatus, MAX_STATUS, StatusError, parse_status};
 
 /// Why the output could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -37,36 +21,10 @@ pub enum OutputError {
     Io(#[from] io::Error),
     #[error("the output disk has no status record: the guest did not finish")]
     NoStatus,
-    #[error("the guest's status record is malformed: {0}")]
-    BadStatus(String),
+    #[error(transparent)]
+    BadStatus(#[from] StatusError),
     #[error("the guest's output was refused")]
     Manifest(#[from] ManifestError),
-}
-
-/// Parses the text of `status`.
-pub fn parse_status(text: &str) -> Result<GuestStatus, OutputError> {
-    let mut st = GuestStatus::default();
-    let bad = |l: &str| OutputError::BadStatus(l.chars().take(100).collect());
-    for line in text.lines() {
-        let words: Vec<&str> = line.split(' ').collect();
-        match words.as_slice() {
-            ["version", "1"] => {}
-            ["task", name, rc, ms] => {
-                let idx = task_index(name).ok_or_else(|| bad(line))?;
-                st.tasks.push((
-                    idx,
-                    rc.parse().map_err(|_| bad(line))?,
-                    ms.parse().map_err(|_| bad(line))?,
-                ));
-            }
-            ["result", "ok"] => st.ok = Some(true),
-            ["result", "failed", ..] => st.ok = Some(false),
-            ["unmatched", ..] => st.unmatched.push(line["unmatched ".len()..].to_string()),
-            ["output", "overflow"] => st.overflow = true,
-            _ => {} // "artifacts N", "rejected …" and lines from newer guests
-        }
-    }
-    Ok(st)
 }
 
 /// Reads the status record: the first `status` entry of the tar on `disk`.
@@ -83,8 +41,8 @@ pub fn read_status(disk: &Path) -> Result<GuestStatus, OutputError> {
             entry
                 .take(MAX_STATUS)
                 .read_to_string(&mut text)
-                .map_err(|e| OutputError::BadStatus(e.to_string()))?;
-            return parse_status(&text);
+                .map_err(OutputError::Io)?;
+            return Ok(parse_status(&text)?);
         }
     }
     Err(OutputError::NoStatus)
@@ -118,10 +76,10 @@ pub fn collect_artifacts(disk: &Path, dest: &Path, quota: u64) -> Result<Manifes
             .files()
             .find(|o| o.hash == e.hash && dest.join(&o.path).is_file())
         else {
-            return Err(OutputError::BadStatus(format!(
+            return Err(OutputError::Io(io::Error::other(format!(
                 "`{}` has no content in the output",
                 e.path
-            )));
+            ))));
         };
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)?;
@@ -129,18 +87,4 @@ pub fn collect_artifacts(disk: &Path, dest: &Path, quota: u64) -> Result<Manifes
         fs::copy(dest.join(&orig.path), &target)?;
     }
     Ok(manifest)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_parses() {
-        let st = parse_status("version 1\ntask 000-build 0 120\ntask 001-check 2 5\nresult failed 001-check\nunmatched out/*.deb\nartifacts 1\n").unwrap();
-        assert_eq!(st.tasks, vec![(0, 0, 120), (1, 2, 5)]);
-        assert_eq!(st.ok, Some(false));
-        assert_eq!(st.unmatched, vec!["out/*.deb".to_string()]);
-        assert!(parse_status("task nonsense 0 1\n").is_err());
-    }
 }
