@@ -6,7 +6,8 @@
 //! - the canonical CBOR encoding and size-limited decoding ([`cbor`]),
 //! - the signed envelope with domain separation ([`envelope`]),
 //! - the v1 messages ([`message`]),
-//! - output manifests and their root hash ([`manifest`]),
+//! - output manifests and their root hash ([`manifest`]), read from hostile tar streams
+//!   with bounded headers ([`untar`]),
 //! - deterministic source packing ([`pack`]),
 //! - the job file `barn.toml` ([`jobfile`]),
 //! - the guest init's console markers and status record ([`guest`]).
@@ -23,6 +24,7 @@ pub mod limits;
 pub mod manifest;
 pub mod message;
 pub mod pack;
+pub mod untar;
 
 pub use envelope::{Envelope, Signed, VerifyError};
 pub use hash::ContentHash;

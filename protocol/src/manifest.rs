@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::cbor;
 use crate::hash::ContentHash;
 use crate::limits::{MAX_LINK_TARGET, MAX_MANIFEST_ENTRIES, MAX_PATH};
+use crate::untar;
 
 /// The manifest format version, part of the root hash.
 pub const MANIFEST_VERSION: u8 = 1;
@@ -78,6 +79,8 @@ pub enum ManifestError {
     Duplicate { path: String },
     #[error("malformed tar stream: {0}")]
     MalformedTar(String),
+    #[error("refused tar stream")]
+    Untar(#[from] untar::UntarError),
 }
 
 /// Limits for reading an untrusted tar stream.
@@ -129,32 +132,65 @@ impl Manifest {
 
     /// Reads an untrusted tar stream into a manifest. Only entries under `prefix` (e.g.
     /// `artifacts/`) are kept, with the prefix removed; others are skipped. Each kept file's
-    /// content is also copied to the writer `sink` returns for its path, if any.
+    /// content is also copied to the writer `sink` returns for its path, if any; hard links
+    /// are only listed (see [`Manifest::read_tar`] to be told of them).
     pub fn from_tar<R: Read>(
         reader: R,
         prefix: &str,
         limits: TarLimits,
-        mut sink: impl FnMut(&str) -> io::Result<Option<Box<dyn Write>>>,
+        sink: impl FnMut(&str) -> io::Result<Option<Box<dyn Write>>>,
+    ) -> Result<Self, ManifestError> {
+        struct Files<F>(F);
+        impl<F: FnMut(&str) -> io::Result<Option<Box<dyn Write>>>> TarSink for Files<F> {
+            fn file(&mut self, path: &str) -> io::Result<Option<Box<dyn Write>>> {
+                (self.0)(path)
+            }
+            fn hard_link(&mut self, _path: &str, _original: &str) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        Self::read_tar(reader, prefix, limits, &mut Files(sink))
+    }
+
+    /// Reads an untrusted tar stream into a manifest, telling `sink` of every file and
+    /// hard link kept (see [`Manifest::from_tar`]).
+    ///
+    /// [`TarLimits::max_total_bytes`] bounds what a reader of the tar would write: a hard
+    /// link counts its original's bytes again, since a host that materialises it writes
+    /// them again (without that, one file and 10,000 links to it were 10,000 times the
+    /// quota). Extension headers are capped and sparse members refused ([`crate::untar`]).
+    pub fn read_tar<R: Read>(
+        reader: R,
+        prefix: &str,
+        limits: TarLimits,
+        sink: &mut dyn TarSink,
     ) -> Result<Self, ManifestError> {
         let mut archive = tar::Archive::new(reader);
+        let mut members = untar::Members::new(&mut archive)?;
         let mut by_path: BTreeMap<String, Entry> = BTreeMap::new();
         let mut total = 0u64;
         let mut seen = 0usize;
-        let iter = archive
-            .entries()
-            .map_err(|e| ManifestError::MalformedTar(e.to_string()))?;
-        for item in iter {
-            let mut item = item.map_err(|e| ManifestError::MalformedTar(e.to_string()))?;
+        let mut add_bytes = |size: u64| {
+            total = total.saturating_add(size);
+            if total > limits.max_total_bytes {
+                return Err(ManifestError::TooLarge {
+                    limit: limits.max_total_bytes,
+                });
+            }
+            Ok(())
+        };
+        while let Some(mut item) = members.next_member()? {
             seen += 1;
             if seen > limits.max_entries.saturating_mul(2) {
                 return Err(ManifestError::TooManyEntries {
                     limit: limits.max_entries,
                 });
             }
-            let raw = item.path_bytes().into_owned();
-            let raw = String::from_utf8(raw).map_err(|_| ManifestError::UnsafePath {
-                path: "<non-UTF-8>".into(),
-                reason: "path is not UTF-8",
+            let raw = String::from_utf8(std::mem::take(&mut item.path)).map_err(|_| {
+                ManifestError::UnsafePath {
+                    path: "<non-UTF-8>".into(),
+                    reason: "path is not UTF-8",
+                }
             })?;
             let full = normalize(&raw)?;
             let Some(path) = strip(&full, prefix) else {
@@ -168,28 +204,26 @@ impl Manifest {
                     limit: limits.max_entries,
                 });
             }
-            let header = item.header();
-            let mode = header.mode().unwrap_or(0o644);
-            let etype = header.entry_type();
+            let link = || {
+                item.link
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            let etype = item.kind;
             let entry = if etype.is_file() || etype == tar::EntryType::Continuous {
-                let size = header
-                    .size()
-                    .map_err(|e| ManifestError::MalformedTar(e.to_string()))?;
-                total = total.saturating_add(size);
-                if total > limits.max_total_bytes {
-                    return Err(ManifestError::TooLarge {
-                        limit: limits.max_total_bytes,
-                    });
-                }
-                let mut out = sink(&path).map_err(|source| ManifestError::Io {
+                let size = item.size;
+                add_bytes(size)?;
+                let mut out = sink.file(&path).map_err(|source| ManifestError::Io {
                     path: path.clone(),
                     source,
                 })?;
-                let (hash, len) =
-                    hash_copy(&mut item, out.as_mut()).map_err(|source| ManifestError::Io {
+                let (hash, len) = hash_copy(&mut item.data, out.as_mut()).map_err(|source| {
+                    ManifestError::Io {
                         path: path.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 if len != size {
                     return Err(ManifestError::MalformedTar(format!(
                         "`{path}` is truncated"
@@ -198,7 +232,7 @@ impl Manifest {
                 Entry {
                     path: path.clone(),
                     kind: EntryKind::File,
-                    executable: mode & 0o111 != 0,
+                    executable: item.mode & 0o111 != 0,
                     size,
                     hash: Some(hash),
                     target: None,
@@ -213,10 +247,7 @@ impl Manifest {
                     target: None,
                 }
             } else if etype.is_symlink() {
-                let target = item
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
+                let target = link();
                 check_link(&path, &target)?;
                 Entry {
                     path: path.clone(),
@@ -227,28 +258,23 @@ impl Manifest {
                     target: Some(target),
                 }
             } else if etype.is_hard_link() {
-                // A hard link repeats an earlier file; record it as a copy of that file.
-                let target = item
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let target = normalize(&target)?;
+                // A hard link repeats an earlier file (looked up by path, never by a
+                // scan); it is listed as a copy of that file and its bytes count again.
+                let target = normalize(&link())?;
                 let target = strip(&target, prefix).unwrap_or_default();
                 let Some(orig) = by_path.get(&target).filter(|e| e.kind == EntryKind::File) else {
                     return Err(ManifestError::LinkEscapes { path, target });
                 };
+                add_bytes(orig.size)?;
+                sink.hard_link(&path, &target)
+                    .map_err(|source| ManifestError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
                 Entry {
                     path: path.clone(),
                     ..orig.clone()
                 }
-            } else if matches!(
-                etype,
-                tar::EntryType::XGlobalHeader
-                    | tar::EntryType::XHeader
-                    | tar::EntryType::GNULongName
-                    | tar::EntryType::GNULongLink
-            ) {
-                continue;
             } else {
                 return Err(ManifestError::UnsupportedKind {
                     path,
@@ -261,6 +287,16 @@ impl Manifest {
         }
         Ok(Self::new(by_path.into_values().collect()))
     }
+}
+
+/// Where [`Manifest::read_tar`] puts what it reads.
+pub trait TarSink {
+    /// A writer for the content of the file at `path` (relative, checked), or `None` to
+    /// only hash it.
+    fn file(&mut self, path: &str) -> io::Result<Option<Box<dyn Write>>>;
+    /// `path` is a hard link to the earlier file `original` (both relative, checked; the
+    /// original's bytes are already counted against the limit again).
+    fn hard_link(&mut self, path: &str, original: &str) -> io::Result<()>;
 }
 
 fn hash_copy(

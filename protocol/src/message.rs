@@ -377,10 +377,16 @@ impl Message for Commitment {
 #[non_exhaustive]
 pub enum BuildStatus {
     Succeeded,
-    /// A task exited non-zero; later tasks did not run.
+    /// A task exited non-zero (later tasks did not run), or the job's output broke the
+    /// rules (`task` is then `output`).
     Failed {
         task: String,
         exit_code: i32,
+        /// Why, when the host knows more than the exit code. Absent in results from nodes
+        /// before it existed, and left out of the encoding when `None`, so results without
+        /// it keep their bytes and their signatures.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Failure>,
     },
     TimedOut,
     /// The infrastructure failed (VM would not boot, output unreadable, …): not a verdict
@@ -390,7 +396,51 @@ pub enum BuildStatus {
     },
 }
 
+/// Why a build failed, beyond its exit code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
+pub enum Failure {
+    /// The guest kernel's OOM killer ended a process of the task: the job asked for too
+    /// little memory. `victim` is the killed process's name as the kernel reported it.
+    OutOfMemory { victim: String },
+    /// The outputs are larger than the job's `resources.disk` (hard links counted at their
+    /// full size).
+    OutputOverQuota,
+    /// The outputs broke a rule other than size (unsafe path, escaping link, special file,
+    /// oversized header); `why` says which.
+    OutputRefused { why: String },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::OutOfMemory { victim } if victim.is_empty() => f.write_str("out of memory"),
+            Failure::OutOfMemory { victim } => write!(f, "out of memory ({victim} was killed)"),
+            Failure::OutputOverQuota => f.write_str("output over quota"),
+            Failure::OutputRefused { why } => write!(f, "output refused: {why}"),
+        }
+    }
+}
+
 impl BuildStatus {
+    /// What went wrong, in one line for tables, or `None` for a success.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            BuildStatus::Succeeded => None,
+            BuildStatus::Failed {
+                task,
+                exit_code,
+                reason: Some(reason),
+            } => Some(format!("task {task} exited {exit_code}: {reason}")),
+            BuildStatus::Failed {
+                task, exit_code, ..
+            } => Some(format!("task {task} exited {exit_code}")),
+            BuildStatus::TimedOut => Some("timed out".into()),
+            BuildStatus::Error { reason } => Some(reason.clone()),
+        }
+    }
+
     /// The word used in `--json` output and tables.
     pub fn word(&self) -> &'static str {
         match self {
@@ -587,7 +637,10 @@ mod tests {
                 node,
                 status: BuildStatus::Failed {
                     task: "build".into(),
-                    exit_code: 2,
+                    exit_code: 137,
+                    reason: Some(Failure::OutOfMemory {
+                        victim: "cc1".into(),
+                    }),
                 },
                 tasks: vec![TaskOutcome {
                     name: "build".into(),
@@ -617,6 +670,40 @@ mod tests {
         assert_eq!(
             crate::cbor::from_slice::<BlobRequest>(&bytes, BlobRequest::MAX_SIZE).unwrap(),
             req
+        );
+    }
+
+    #[test]
+    fn a_failure_without_a_reason_keeps_the_encoding_it_had_before_reasons() {
+        // Old reader, new data: `reason: None` is left out, so the bytes are those of a
+        // status written before the field existed. New reader, old data: decodes to None.
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case", tag = "status")]
+        enum OldStatus {
+            Failed { task: String, exit_code: i32 },
+        }
+        let old = crate::cbor::to_vec(&OldStatus::Failed {
+            task: "build".into(),
+            exit_code: 2,
+        });
+        let new = BuildStatus::Failed {
+            task: "build".into(),
+            exit_code: 2,
+            reason: None,
+        };
+        assert_eq!(crate::cbor::to_vec(&new), old);
+        assert_eq!(
+            crate::cbor::from_slice::<BuildStatus>(&old, 1024).unwrap(),
+            new
+        );
+        let over = BuildStatus::Failed {
+            task: "output".into(),
+            exit_code: 1,
+            reason: Some(Failure::OutputOverQuota),
+        };
+        assert_eq!(
+            over.detail().as_deref(),
+            Some("task output exited 1: output over quota")
         );
     }
 

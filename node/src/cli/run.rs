@@ -226,6 +226,8 @@ pub fn report_json(r: &RunReport, source: &str) -> serde_json::Value {
         .map(|t| serde_json::json!({"name": t.name, "exit_code": t.exit_code, "duration_ms": t.duration_ms}))
         .collect();
     let reason = match &r.status {
+        BuildStatus::Succeeded | BuildStatus::TimedOut => None,
+        BuildStatus::Failed { reason, .. } => reason.as_ref().map(ToString::to_string),
         BuildStatus::Error { reason } => Some(reason.clone()),
         _ => None,
     };
@@ -250,9 +252,7 @@ pub fn report_json(r: &RunReport, source: &str) -> serde_json::Value {
 
 fn print_report(r: &RunReport) {
     let status = match &r.status {
-        BuildStatus::Failed { task, exit_code } => {
-            format!("failed (task {task} exited {exit_code})")
-        }
+        s @ BuildStatus::Failed { .. } => format!("failed ({})", s.detail().unwrap_or_default()),
         BuildStatus::Error { reason } => format!("error: {reason}"),
         s => s.word().to_string(),
     };

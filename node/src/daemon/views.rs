@@ -197,11 +197,8 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
         };
         let m = signed.message();
         let detail = match &m.status {
-            BuildStatus::Failed { task, exit_code } => {
-                Some(format!("task {task} exited {exit_code}"))
-            }
-            BuildStatus::Error { reason } => Some(reason.clone()),
-            _ => None,
+            BuildStatus::TimedOut => None,
+            status => status.detail(),
         };
         results.push(ResultView {
             node: NodeId(signed.signer()).to_string(),

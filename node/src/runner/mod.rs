@@ -12,6 +12,10 @@
 //!   `barn: ready` on the serial console. A VM that does not get there within
 //!   [`BOOT_DEADLINE`] is an infrastructure error, not a verdict on the build.
 //! - **Run**: the tasks, bounded by the job's wall-clock timeout.
+//!
+//! The host owns these deadlines ([`phases`]): each counts on the host's clock from
+//! QEMU's start, and each console marker is accepted once and in order, so nothing a guest
+//! prints extends a phase.
 //! - **Collect**: the guest writes its output tar and powers off; the host reads the
 //!   output disk as untrusted data ([`output`]) and hashes the log.
 //!
@@ -24,6 +28,7 @@ pub mod confine;
 pub mod image;
 pub mod input;
 pub mod output;
+mod phases;
 pub mod qemu;
 pub mod variation;
 
@@ -34,8 +39,11 @@ use std::time::{Duration, Instant};
 
 use barn_protocol::ContentHash;
 use barn_protocol::guest::Mark;
+use phases::{Accepted, VmPhase};
 use barn_protocol::manifest::Manifest;
-use barn_protocol::message::{Accel, BuildStatus, JobSpec, Phase, TaskOutcome, Timings};
+use barn_protocol::message::{
+    Accel, BuildStatus, Failure, JobSpec, Phase, TaskOutcome, Timings,
+};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::{Semaphore, mpsc};
@@ -289,7 +297,7 @@ impl Runner {
         let pid = child.id();
         let stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
-        let (marks_tx, mut marks) = mpsc::channel::<barn_protocol::guest::Mark>(256);
+        let (marks_tx, mut marks) = mpsc::channel::<Mark>(256);
         let console = tokio::spawn(console::pump(
             stdout,
             log_path.clone(),
@@ -305,22 +313,17 @@ impl Runner {
             String::from_utf8_lossy(&buf).into_owned()
         });
 
-        let mut boot_ms = 0u64;
-        let mut t_run = None;
-        let mut t_done = None;
+        let mut phases = phases::Phases::new(
+            t_boot,
+            BOOT_DEADLINE,
+            Duration::from_secs(spec.timeout_secs),
+            COLLECT_DEADLINE,
+        );
         // Tasks as the console reports them; used when the guest is stopped before it can
         // write its own status record.
         let mut seen_tasks: Vec<TaskOutcome> = Vec::new();
-        let mut running: Option<(usize, Instant)> = None;
-        let timeout = Duration::from_secs(spec.timeout_secs);
-        // Whether the guest init reported applying this replica's variations.
-        let mut varied = false;
         let ending = loop {
-            let deadline = match (t_run, t_done) {
-                (_, Some(done)) => done + COLLECT_DEADLINE,
-                (Some(run), None) => run + timeout,
-                (None, None) => t_boot + BOOT_DEADLINE,
-            };
+            let deadline = phases.deadline();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break Ending::Cancelled,
@@ -328,47 +331,45 @@ impl Runner {
                     debug!(?status, "qemu exited");
                     break Ending::Exited;
                 }
-                Some(mark) = marks.recv() => match mark {
-                    Mark::Vary => varied = true,
-                    Mark::Ready => {
-                        boot_ms = t_boot.elapsed().as_millis() as u64;
-                        t_run = Some(Instant::now());
-                        emit(Event::Phase(Phase::Running));
+                Some(mark) = marks.recv() => match phases.accept(mark, Instant::now()) {
+                    None => {}
+                    Some(Accepted::Vary) => {}
+                    Some(Accepted::Ready) => emit(Event::Phase(Phase::Running)),
+                    Some(Accepted::TaskStarted(index)) => {
+                        emit(Event::TaskStarted { index, name: task_name(spec, index) });
                     }
-                    Mark::TaskStart(name) => {
-                        if let Some(index) = input::task_index(&name) {
-                            running = Some((index, Instant::now()));
-                            emit(Event::TaskStarted { index, name: task_name(spec, index) });
-                        }
+                    Some(Accepted::TaskFinished { index, exit_code, duration_ms }) => {
+                        seen_tasks.push(TaskOutcome { name: task_name(spec, index), exit_code: Some(exit_code), duration_ms });
+                        emit(Event::TaskFinished { index, name: task_name(spec, index), exit_code, duration_ms });
                     }
-                    Mark::TaskExit { name, exit_code, duration_ms } => {
-                        if let Some(index) = input::task_index(&name) {
-                            running = None;
-                            seen_tasks.push(TaskOutcome { name: task_name(spec, index), exit_code: Some(exit_code), duration_ms });
-                            emit(Event::TaskFinished { index, name: task_name(spec, index), exit_code, duration_ms });
-                        }
-                    }
-                    Mark::Result => {
-                        t_done = Some(Instant::now());
-                        emit(Event::Phase(Phase::Collecting));
-                    }
+                    Some(Accepted::Result) => emit(Event::Phase(Phase::Collecting)),
                 },
-                _ = tokio::time::sleep_until(deadline.into()) => break match (t_run, t_done) {
-                    (_, Some(_)) => Ending::CollectStuck,
-                    (Some(_), None) => Ending::TimedOut,
-                    (None, None) => Ending::BootStuck,
+                _ = tokio::time::sleep_until(deadline.into()) => break match phases.phase() {
+                    VmPhase::Collect => Ending::CollectStuck,
+                    VmPhase::Run => Ending::TimedOut,
+                    VmPhase::Boot => Ending::BootStuck,
                 },
             }
         };
+        if phases.ignored > 0 {
+            info!(ignored = phases.ignored, "console markers out of order were ignored");
+        }
         if !matches!(ending, Ending::Exited) {
             stop(&mut child, pid).await;
         }
         let log = console.await.unwrap_or_default();
         let qemu_stderr = stderr_task.await.unwrap_or_default();
         let t_collect = Instant::now();
-        let run_ms = t_run
-            .map(|t| t_done.unwrap_or(t_collect).duration_since(t).as_millis() as u64)
-            .unwrap_or(0);
+        let boot_ms = phases
+            .ready_at()
+            .map_or(0, |t| t.duration_since(t_boot).as_millis() as u64);
+        let run_ms = phases.ready_at().map_or(0, |t| {
+            phases
+                .result_at()
+                .unwrap_or(t_collect)
+                .duration_since(t)
+                .as_millis() as u64
+        });
 
         // Collect.
         let artifacts_dir = req.out_dir.join("artifacts");
@@ -403,7 +404,7 @@ impl Runner {
                     (Ending::TimedOut, _) => {
                         // Tasks that finished before the timeout, then the one that was running.
                         tasks = std::mem::take(&mut seen_tasks);
-                        if let Some((index, t)) = running {
+                        if let Some((index, t)) = phases.running() {
                             tasks.push(TaskOutcome {
                                 name: task_name(spec, index),
                                 exit_code: None,
@@ -425,37 +426,53 @@ impl Runner {
                         for u in &st.unmatched {
                             notes.push(format!("artifact glob {u:?} matched nothing"));
                         }
-                        let mut output_refused = st.overflow;
-                        if st.overflow {
+                        for (i, victim) in &st.oom {
                             notes.push(format!(
-                                "the artifacts did not fit the {} output quota",
-                                barn_protocol::jobfile::show_size(spec.resources.disk_bytes)
+                                "the guest ran out of memory during task {} ({} was killed)",
+                                task_name(spec, *i),
+                                if victim.is_empty() { "a process" } else { victim }
                             ));
                         }
+                        // Why the output, if anything, broke the rules: its fault, not the
+                        // infrastructure's, so a retry elsewhere would not help.
+                        let mut refused = st.overflow.then_some(Failure::OutputOverQuota);
                         match collected {
                             Some(Ok(m)) => manifest = m,
                             Some(Err(e)) => {
-                                output_refused = true;
-                                notes.push(format!(
-                                    "the output was refused: {:#}",
-                                    anyhow::Error::from(e)
-                                ));
+                                refused = Some(if e.over_quota() {
+                                    Failure::OutputOverQuota
+                                } else {
+                                    Failure::OutputRefused {
+                                        why: format!("{:#}", anyhow::Error::from(e)),
+                                    }
+                                });
                             }
                             None => {}
                         }
-                        match tasks.iter().find(|t| t.exit_code != Some(0)) {
-                            Some(t) => BuildStatus::Failed {
+                        if let Some(why) = &refused {
+                            notes.push(format!(
+                                "the output was refused: {why} (quota {})",
+                                barn_protocol::jobfile::show_size(spec.resources.disk_bytes)
+                            ));
+                        }
+                        match tasks.iter().enumerate().find(|(_, t)| t.exit_code != Some(0)) {
+                            Some((i, t)) => BuildStatus::Failed {
                                 task: t.name.clone(),
                                 exit_code: t.exit_code.unwrap_or(-1),
+                                reason: st.tasks.get(i).and_then(|&(index, _, _)| {
+                                    let (_, victim) = st.oom.iter().find(|(o, _)| *o == index)?;
+                                    Some(Failure::OutOfMemory {
+                                        victim: victim.clone(),
+                                    })
+                                }),
                             },
-                            // The job's own output broke the rules: its fault, not the
-                            // infrastructure's, so a retry elsewhere would not help.
-                            None if output_refused => {
+                            None if refused.is_some() => {
                                 manifest = Manifest::new(Vec::new());
                                 let _ = std::fs::remove_dir_all(&artifacts_dir);
                                 BuildStatus::Failed {
                                     task: OUTPUT_TASK.into(),
                                     exit_code: 1,
+                                    reason: refused,
                                 }
                             }
                             None if st.ok == Some(true) && tasks.len() == spec.tasks.len() => {
@@ -480,6 +497,15 @@ impl Runner {
                             ),
                         }
                     }
+                    // The tar before the status was hostile (an oversized header, a
+                    // sparse member): the job's doing, since only the guest wrote it.
+                    (_, (Err(e @ output::OutputError::Manifest(_)), _)) => BuildStatus::Failed {
+                        task: OUTPUT_TASK.into(),
+                        exit_code: 1,
+                        reason: Some(Failure::OutputRefused {
+                            why: format!("{:#}", anyhow::Error::from(e)),
+                        }),
+                    },
                     (_, (Err(e), _)) => BuildStatus::Error {
                         reason: format!("{:#}", anyhow::Error::from(e)),
                     },
@@ -489,7 +515,7 @@ impl Runner {
         // An image whose init predates variations would build in the fixed environment
         // while the result claims otherwise: that is an infrastructure error.
         let status = if !req.variation.guest_file().is_empty()
-            && !varied
+            && !phases.varied()
             && matches!(status, BuildStatus::Succeeded | BuildStatus::Failed { .. })
         {
             BuildStatus::Error {
@@ -508,7 +534,7 @@ impl Runner {
         }
         // Collecting starts when the guest reports its result: writing the output tar and
         // powering off are part of it, then the host reads the disk.
-        let collect_ms = t_done.unwrap_or(t_collect).elapsed().as_millis() as u64;
+        let collect_ms = phases.result_at().unwrap_or(t_collect).elapsed().as_millis() as u64;
         let (log_hash, log_size) = ContentHash::of_reader(std::fs::File::open(&log_path)?)?;
         emit(Event::Phase(Phase::Done));
         if self.cfg.keep_work {

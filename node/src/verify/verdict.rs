@@ -110,8 +110,8 @@ pub fn judge(job: &Job, results: &[(NodeId, BuildResult)]) -> Verdict {
         }
         match &r.status {
             BuildStatus::Succeeded => ok.push((name, r)),
-            BuildStatus::Failed { task, exit_code } => {
-                failures.insert(name, format!("task {task} exited {exit_code}"));
+            BuildStatus::Failed { .. } => {
+                failures.insert(name, r.status.detail().unwrap_or_default());
             }
             BuildStatus::TimedOut => {
                 failures.insert(name, "timed out".into());
@@ -261,6 +261,7 @@ mod tests {
             BuildStatus::Failed {
                 task: "build".into(),
                 exit_code: 2,
+                reason: None,
             },
         );
         let v = judge(&job(2), &[(node(1), ok.clone()), (node(2), failed)]);
