@@ -39,6 +39,9 @@ pub struct Config {
     pub max_timeout: Duration,
     /// `auto`, `kvm` or `tcg`.
     pub accel: String,
+    /// Run QEMU without its confinement (network namespace, cgroup, `nobody`, parent-death
+    /// signal) when it cannot be had; absent or false: such a node runs no job.
+    pub unconfined: bool,
     /// How often the node advertises itself.
     pub advert_interval: Duration,
     /// How often a coordinator re-announces jobs that still want replicas.
@@ -69,6 +72,7 @@ struct RawNode {
     max_disk: Option<String>,
     max_timeout: Option<String>,
     accel: Option<String>,
+    unconfined: Option<bool>,
     advert_interval: Option<String>,
     announce_interval: Option<String>,
 }
@@ -94,6 +98,7 @@ const KNOWN: &[&str] = &[
     "node.max_disk",
     "node.max_timeout",
     "node.accel",
+    "node.unconfined",
     "node.advert_interval",
     "node.announce_interval",
     "trust.submitters",
@@ -207,6 +212,7 @@ impl Config {
                 max_disk_bytes,
                 max_timeout,
                 accel,
+                unconfined: node.unconfined.unwrap_or(false),
                 advert_interval: dur(node.advert_interval, "node.advert_interval", 30)?,
                 announce_interval: dur(node.announce_interval, "node.announce_interval", 10)?,
                 trusted,

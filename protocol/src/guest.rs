@@ -115,19 +115,15 @@ pub fn parse_status(text: &str) -> Result<GuestStatus, StatusError> {
                     ms.parse().map_err(|_| bad(line))?,
                 ));
             }
-            ("oom", [name, ..]) => {
+            ("oom", [name, ..]) if st.oom.len() < MAX_STATUS_ITEMS => {
                 let idx = task_index(name).ok_or_else(|| bad(line))?;
-                if st.oom.len() < MAX_STATUS_ITEMS {
-                    let victim = rest.split_once(' ').map_or("", |(_, v)| v);
-                    st.oom.push((idx, victim.chars().take(64).collect()));
-                }
+                let victim = rest.split_once(' ').map_or("", |(_, v)| v);
+                st.oom.push((idx, victim.chars().take(64).collect()));
             }
             ("result", ["ok"]) => st.ok = Some(true),
             ("result", ["failed", ..]) => st.ok = Some(false),
-            ("unmatched", _) if !rest.is_empty() => {
-                if st.unmatched.len() < MAX_STATUS_ITEMS {
-                    st.unmatched.push(rest.chars().take(200).collect());
-                }
+            ("unmatched", _) if !rest.is_empty() && st.unmatched.len() < MAX_STATUS_ITEMS => {
+                st.unmatched.push(rest.chars().take(200).collect());
             }
             ("output", ["overflow"]) => st.overflow = true,
             _ => {} // "version 1", "artifacts N", "rejected …" and lines from newer guests

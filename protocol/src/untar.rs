@@ -36,7 +36,11 @@ pub enum UntarError {
     #[error("`{path}` is a sparse file, which is refused")]
     Sparse { path: String },
     #[error("`{path}` has a PAX size of {pax} bytes but a header size of {header}")]
-    SizeMismatch { path: String, pax: String, header: u64 },
+    SizeMismatch {
+        path: String,
+        pax: String,
+        header: u64,
+    },
 }
 
 /// One member of the archive, its extensions applied.
@@ -66,7 +70,10 @@ impl<R: Read> std::fmt::Debug for Member<'_, R> {
 impl<R: Read> Member<'_, R> {
     /// The path for messages: lossy UTF-8, cut to 200 characters.
     pub fn display_path(&self) -> String {
-        String::from_utf8_lossy(&self.path).chars().take(200).collect()
+        String::from_utf8_lossy(&self.path)
+            .chars()
+            .take(200)
+            .collect()
     }
 }
 
@@ -171,18 +178,14 @@ impl<'a, R: Read> Members<'a, R> {
             .or_else(|| header.link_name_bytes().map(Cow::into_owned));
         if let Some(pax) = &pending.pax {
             for ext in tar::PaxExtensions::new(pax) {
-                let ext = ext.map_err(|_| UntarError::BadPax {
-                    path: lossy(&path),
-                })?;
+                let ext = ext.map_err(|_| UntarError::BadPax { path: lossy(&path) })?;
                 let key = ext.key_bytes();
                 if key == b"path" {
                     path = ext.value_bytes().to_vec();
                 } else if key == b"linkpath" {
                     link = Some(ext.value_bytes().to_vec());
                 } else if key.starts_with(b"GNU.sparse") {
-                    return Err(UntarError::Sparse {
-                        path: lossy(&path),
-                    });
+                    return Err(UntarError::Sparse { path: lossy(&path) });
                 } else if key == b"size" && ext.value_bytes() != size.to_string().as_bytes() {
                     return Err(UntarError::SizeMismatch {
                         path: lossy(&path),
@@ -294,7 +297,12 @@ mod tests {
         }
         // At the cap it is read.
         let name = vec![b'n'; MAX_EXTENSION_HEADER as usize];
-        let mut bytes = raw(tar::EntryType::GNULongName, "././@LongLink", MAX_EXTENSION_HEADER, &name);
+        let mut bytes = raw(
+            tar::EntryType::GNULongName,
+            "././@LongLink",
+            MAX_EXTENSION_HEADER,
+            &name,
+        );
         bytes.extend(raw(tar::EntryType::Regular, "x", 0, b""));
         assert_eq!(members(&bytes).unwrap()[0].0.len(), name.len());
     }
@@ -310,7 +318,10 @@ mod tests {
         let pax = b"13 size=9999\n";
         let mut bytes = raw(tar::EntryType::XHeader, "p", pax.len() as u64, pax);
         bytes.extend(raw(tar::EntryType::Regular, "f", 1, b"x"));
-        assert!(matches!(members(&bytes), Err(UntarError::SizeMismatch { .. })));
+        assert!(matches!(
+            members(&bytes),
+            Err(UntarError::SizeMismatch { .. })
+        ));
         let mut bytes = raw(tar::EntryType::GNULongName, "l", 2, b"a\0");
         bytes.extend(raw(tar::EntryType::GNULongName, "l", 2, b"b\0"));
         bytes.extend(raw(tar::EntryType::Regular, "f", 0, b""));

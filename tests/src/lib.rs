@@ -74,20 +74,63 @@ pub fn recipes_dir() -> PathBuf {
 
 /// Runs `barn ARGS` against the shared data directory.
 pub fn barn_shared(args: &[&str]) -> Output {
+    barn_shared_cmd(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", barn_bin().display()))
+}
+
+/// The command `barn ARGS` against the shared data directory, to start or adjust.
+pub fn barn_shared_cmd(args: &[&str]) -> Command {
     let data = shared_data_dir();
-    Command::new(barn_bin())
-        .args(args)
+    let mut cmd = Command::new(barn_bin());
+    cmd.args(args)
         .env("BARN_DATA_DIR", &data)
         .env("BARN_CONFIG_DIR", data.join("config"))
         .env_remove("RUST_LOG")
-        .env_remove("BARN_ACCEL")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", barn_bin().display()))
+        .env_remove("BARN_ACCEL");
+    cmd
 }
 
 /// Builds image `name` into the shared data directory unless it is there already
 /// (once per test process).
 pub fn ensure_image(name: &str) {
+    ensure_image_from(name, &recipes_dir());
+}
+
+/// The name of an image for hostile-guest tests: the tiny image whose init runs tasks as
+/// root, standing for a guest whose root a job has taken (so a task can write anything on
+/// the output disk, power the VM off, or print what it likes).
+pub const ROOTED_IMAGE: &str = "tinyroot-x86_64";
+
+/// Builds [`ROOTED_IMAGE`] (once per test process) from a copy of the recipes whose guest
+/// init runs tasks with `sh` instead of `su … build`.
+pub fn ensure_rooted_image() {
+    let src = recipes_dir();
+    let dir = shared_data_dir().join("recipes-rooted");
+    let read =
+        |f: &str| std::fs::read_to_string(src.join(f)).unwrap_or_else(|e| panic!("read {f}: {e}"));
+    let init = read("guest/init");
+    let as_build = "/.barn/bin/su -p -s /bin/sh build -c";
+    assert!(
+        init.contains(as_build),
+        "the guest init no longer runs tasks with su"
+    );
+    let write = |f: &str, text: &str| {
+        let p = dir.join(f);
+        std::fs::create_dir_all(p.parent().unwrap_or(&dir)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {f}: {e}"));
+    };
+    write("lib.sh", &read("lib.sh"));
+    write("guest/init", &init.replace(as_build, "/.barn/bin/sh -c"));
+    write(
+        &format!("{ROOTED_IMAGE}/build.sh"),
+        &read("tiny-x86_64/build.sh").replace("tiny-x86_64", ROOTED_IMAGE),
+    );
+    ensure_image_from(ROOTED_IMAGE, &dir);
+}
+
+/// [`ensure_image`] from the recipes in `recipes`.
+pub fn ensure_image_from(name: &str, recipes: &std::path::Path) {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if built.iter().any(|n| n == name) {
@@ -95,7 +138,6 @@ pub fn ensure_image(name: &str) {
     }
     // Rebuild when the recipe (its script, the shared library or the guest init) changed
     // since the image in the shared data dir was built.
-    let recipes = recipes_dir();
     let mut text = Vec::new();
     for f in ["lib.sh", "guest/init", &format!("{name}/build.sh")] {
         text.extend(std::fs::read(recipes.join(f)).unwrap_or_default());

@@ -1,7 +1,7 @@
 //! `barn run` with real QEMU VMs: the tiny image for most jobs, the Debian image for a real
 //! C build. These boot real guests under TCG (or KVM where the canary proves it works).
 
-use barn_tests::{Project, barn_shared, ensure_image, recipes_dir, run_job};
+use barn_tests::{Project, barn_shared, ensure_image, ensure_rooted_image, recipes_dir, run_job};
 
 const HEAD: &str = "image = \"tiny-x86_64\"\narch = \"x86_64\"\ntimeout = \"2m\"\nsource_date_epoch = 1700000000\n";
 
@@ -111,14 +111,150 @@ fn output_over_quota_is_refused_and_reported() {
     assert_eq!(r.code, 3, "{}", r.json);
     assert_eq!(r.json["status"], "failed");
     assert_eq!(r.json["tasks"][0]["exit_code"], 0);
+    assert_eq!(r.json["reason"], "output over quota", "{}", r.json);
+    assert!(artifact(&r.json, "out/big").is_none());
+}
+
+/// One 1 MiB file and 3,000 hard links to it under a 4 MiB quota: the tar fits the output
+/// disk (links are headers only), but written out it would be 3 GB.
+#[test]
+fn hard_links_cannot_multiply_the_output_quota() {
+    let p = tiny(
+        "artifacts = [\"out\"]\n[resources]\ndisk = \"4MiB\"\n\
+         [[task]]\nname = \"links\"\nrun = \"mkdir out && head -c 1048576 /dev/urandom > out/f && \
+         i=0; while [ $i -lt 3000 ]; do ln out/f out/l$i; i=$((i+1)); done\"\n",
+    );
+    let r = run_job(p.path(), &[]);
+    assert_eq!(r.json["status"], "failed", "{}", r.json);
+    assert_eq!(r.json["tasks"][0]["exit_code"], 0, "{}", r.json);
+    assert_eq!(r.json["reason"], "output over quota", "{}", r.json);
+    assert_eq!(r.json["artifacts"].as_array().map(Vec::len), Some(0));
+    let written = dir_size(r.out_dir.path());
     assert!(
-        r.json["notes"]
-            .to_string()
-            .contains("did not fit the 1MiB output quota"),
+        written < 5 << 20,
+        "{written} bytes written for a 4 MiB quota"
+    );
+
+    // Three links fit: each is a full copy in the manifest and on disk.
+    let p = tiny(
+        "artifacts = [\"out\"]\n[resources]\ndisk = \"4MiB\"\n\
+         [[task]]\nname = \"links\"\nrun = \"mkdir out && head -c 100000 /dev/urandom > out/f && \
+         ln out/f out/a && ln out/f out/b && ln out/f out/c\"\n",
+    );
+    let r = run_job(p.path(), &[]);
+    assert_eq!(r.json["status"], "succeeded", "{}", r.json);
+    let hashes: Vec<_> = ["out/f", "out/a", "out/b", "out/c"]
+        .iter()
+        .map(|f| artifact(&r.json, f).map(|a| a["hash"].clone()))
+        .collect();
+    assert!(
+        hashes.iter().all(|h| h.is_some() && *h == hashes[0]),
         "{}",
         r.json
     );
-    assert!(artifact(&r.json, "out/big").is_none());
+    assert_eq!(
+        std::fs::read(r.out_dir.path().join("artifacts/out/c"))
+            .unwrap()
+            .len(),
+        100000
+    );
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_size(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A task that owns the guest writes its own tar on the output disk: a GNU long-name
+/// header that claims 64 MiB, larger than the 1 MiB quota, then powers off. The host
+/// refuses it from the header's size, without reading it.
+#[test]
+fn an_oversized_tar_header_from_the_guest_is_refused_unread() {
+    ensure_rooted_image();
+    let mut evil = tar::Header::new_gnu();
+    evil.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    evil.set_entry_type(tar::EntryType::GNULongName);
+    evil.set_size(64 << 20);
+    evil.set_cksum();
+    let mut bytes = evil.as_bytes().to_vec();
+    bytes.resize(512 + 256 * 1024, b'a');
+    let p = Project::new(&format!(
+        "{}artifacts = [\"out/*\"]\n[resources]\ndisk = \"1MiB\"\n\
+         [[task]]\nname = \"own\"\nrun = \"for b in /sys/block/vd*; do s=$(cat $b/serial); \
+         if [ $s = barn-output ]; then dd if=evil.tar of=/dev/${{b##*/}} bs=64k; fi; done; sync; poweroff -f\"\n",
+        HEAD.replace("tiny-x86_64", barn_tests::ROOTED_IMAGE)
+    ));
+    std::fs::write(p.path().join("evil.tar"), &bytes).unwrap();
+    let r = run_job(p.path(), &[]);
+    assert_eq!(r.json["status"], "failed", "{}", r.json);
+    let reason = r.json["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("GNU long name header of 67108864 bytes is over the 65536-byte limit"),
+        "{}",
+        r.json
+    );
+}
+
+/// A task printing the host's own markers (`barn: ready`, `barn: result ok`) every second
+/// cannot extend its 8 s timeout.
+#[test]
+fn console_markers_from_a_task_do_not_extend_its_deadline() {
+    let p = Project::new(&format!(
+        "{}timeout = \"8s\"\n[[task]]\nname = \"lie\"\nrun = \"i=0; while [ $i -lt 90 ]; do \
+         echo barn: ready; echo barn: result ok; echo barn: task 000-lie exit 0 ms 1; sleep 1; i=$((i+1)); done\"\n",
+        HEAD.replace("timeout = \"2m\"\n", "")
+    ));
+    ensure_image("tiny-x86_64");
+    let started = std::time::Instant::now();
+    let r = run_job(p.path(), &[]);
+    let took = started.elapsed();
+    assert_eq!(r.json["status"], "timed_out", "{}", r.json);
+    assert!(
+        took.as_secs() < 45,
+        "the job ran {took:?} past its 8 s timeout"
+    );
+}
+
+/// A task that allocates more memory than its VM has is reported as out of memory, with
+/// the process the guest kernel killed, not as a generic failure.
+#[test]
+fn a_task_out_of_memory_is_named() {
+    let p = tiny(
+        "[resources]\nmemory = \"128MiB\"\n\
+         [[task]]\nname = \"eat\"\nrun = \"awk 'BEGIN { s = \\\"x\\\"; while (1) s = s s }'\"\n",
+    );
+    let r = run_job(p.path(), &[]);
+    assert_eq!(r.json["status"], "failed", "{}", r.json);
+    assert_eq!(r.json["tasks"][0]["name"], "eat");
+    let reason = r.json["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("out of memory"), "{}", r.json);
+    assert!(reason.contains("awk"), "{}", r.json);
+}
+
+/// A fork bomb fills the guest, not the host: the job ends at its deadline.
+#[test]
+fn a_fork_bomb_ends_at_the_deadline() {
+    let p = Project::new(&format!(
+        "{}timeout = \"10s\"\n[[task]]\nname = \"bomb\"\nrun = \"b() {{ b | b & }}; b\"\n",
+        HEAD.replace("timeout = \"2m\"\n", "")
+    ));
+    ensure_image("tiny-x86_64");
+    let started = std::time::Instant::now();
+    let r = run_job(p.path(), &[]);
+    assert!(
+        ["timed_out", "failed"].contains(&r.json["status"].as_str().unwrap_or_default()),
+        "{}",
+        r.json
+    );
+    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
 }
 
 #[test]

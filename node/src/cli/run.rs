@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Keep the VM's work directory (input and output disks) for debugging.
     #[arg(long)]
     keep_work: bool,
+    /// Run QEMU without its confinement (network namespace, cgroup, `nobody`, parent-death
+    /// signal) if it cannot be had, as `node.unconfined = true` does for a node.
+    #[arg(long)]
+    unconfined: bool,
 }
 
 pub fn run(args: RunArgs, dirs: &Dirs) -> Result<ExitCode> {
@@ -114,7 +118,13 @@ pub fn run(args: RunArgs, dirs: &Dirs) -> Result<ExitCode> {
     let mut cfg = RunnerConfig::new(dirs.data.join("work"));
     cfg.keep_work = args.keep_work;
     cfg.log_cap = args.log_cap;
+    cfg.unconfined = args.unconfined;
     let runner = Runner::new(cfg);
+    if let Some(why) = runner.refusal() {
+        anyhow::bail!(
+            "cannot confine QEMU: {why}\n(fix that, or pass --unconfined to run without the confinement)"
+        );
+    }
     let started = Instant::now();
     let report = rt.block_on(async {
         let accel = runner::accel::choose(args.accel.forced(), &runner, &images, &dirs.data).await;

@@ -59,7 +59,14 @@ pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationTok
     rcfg.max_vms = cfg.slots as usize;
     rcfg.max_cpus = cfg.max_cpus;
     rcfg.max_memory_bytes = cfg.max_memory_bytes;
+    rcfg.unconfined = cfg.unconfined;
     let runner = Runner::new(rcfg);
+    if let Some(why) = runner.refusal() {
+        eprintln!(
+            "barn node: WARNING: this node runs no job: it cannot confine QEMU: {why}\n  \
+             (fix that, or set node.unconfined = true to run jobs without the confinement)"
+        );
+    }
     let forced = match cfg.accel.as_str() {
         "kvm" => Some(Accel::Kvm),
         "tcg" => Some(Accel::Tcg),

@@ -1,160 +1,783 @@
 //! The confinement around QEMU. QEMU states that TCG is not a security boundary; the
-//! boundary is what surrounds QEMU:
+//! boundary is what surrounds QEMU, and it is structural, not a matter of flags:
 //!
-//! - QEMU's own seccomp sandbox (`-sandbox on,…`, in [`super::qemu`]);
-//! - resource limits set with `prlimit` before QEMU starts: no core dumps, a cap on open
-//!   files, on the size of any file it writes (the output disk's size) and on its address
-//!   space (guest memory plus 1 GiB: TCG's translation buffer, threads, libraries);
-//! - when the node runs as root, QEMU runs as `nobody` (`setpriv`, no groups, no new
-//!   privileges). Its files then live in a world-traversable scratch folder
-//!   (`<tmp>/barn-vm`), the image files hard-linked (or copied) in, readable by all; only the
-//!   output disk is owned by `nobody`.
+//! - **A private scratch folder per node run.** Made with `mkdtemp` under a parent that is
+//!   checked with `lstat` (a directory, not a link, owned by the node's user, writable by
+//!   no one else): `<tmp>/barn-vm` for a root node (QEMU, running as `nobody`, must
+//!   traverse it), `<work>/vm` otherwise. Modes and owners are changed through file
+//!   descriptors opened without following links. A parent pre-created by another user
+//!   is refused, so nobody can swap a job folder for a link that root writes through.
+//! - **QEMU's own process** is set up between `fork` and `exec` (`pre_exec`, below), with
+//!   syscalls only, in this order: it joins the node's cgroup, gets its rlimits (no core
+//!   dumps, 1024 open files, the output disk's size as the largest file, guest memory plus
+//!   1 GiB of address space), enters a new network namespace that has only a loopback
+//!   interface (with a new user namespace when the node is not root), drops to `nobody`
+//!   with no groups when the node is root, asks for SIGKILL when the node dies
+//!   (`PR_SET_PDEATHSIG`, set after the user change, which clears it), checks that the node
+//!   did not die in between, and sets no-new-privileges. QEMU's seccomp sandbox comes on
+//!   top (`-sandbox on,…`, in [`super::qemu`]).
+//! - **One cgroup for all the node's VMs**, capping their memory (`node.max_memory` plus
+//!   QEMU's own overhead per VM), CPUs (`node.max_cpus`) and process count together. Both
+//!   cgroup v1 (memory, pids and cpu controllers, as on these machines) and v2 are
+//!   supported; the node's cgroup is made below the node's own.
+//! - **Crash hygiene.** Each run of a node writes an `owner` file into its scratch folder
+//!   (its pid, start time and work folder) and a `qemu.pid` file (pid and start time)
+//!   into each job folder. At start, the scratch folders of this node's earlier runs whose
+//!   owner is dead are cleaned: their VMs killed (only processes whose pid *and* start
+//!   time match a pid file, never by name), their cgroups emptied and removed, their files
+//!   deleted. Live runs (a `barn run` beside a `barn node` on one data folder) are left be.
 //!
-//! `prlimit` and `setpriv` come with util-linux, essential on Debian. If one is missing,
-//! QEMU still starts, with a warning in the log: the seccomp sandbox and the wall-clock
-//! kill remain.
+//! Confinement fails closed: if any part cannot be had, [`Confinement::prepare`] says why
+//! and the runner refuses jobs, unless the owner set `node.unconfined = true` (then QEMU
+//! runs as the node's user with its seccomp sandbox and the wall-clock kill, and the node
+//! says so loudly).
 
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tracing::warn;
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Pid, Uid};
+use tracing::{info, warn};
 
 /// The unprivileged user and group QEMU runs as under a root node.
 pub const NOBODY: u32 = 65534;
 
 /// Address space allowed beyond the guest's memory.
 const AS_MARGIN: u64 = 1 << 30;
+/// Memory QEMU itself may use beyond its guest's (TCG's 128 MiB translation buffer,
+/// libraries, threads), counted per VM in the node's cgroup.
+pub const QEMU_OVERHEAD: u64 = 384 << 20;
+/// Processes and threads one VM may have (a QEMU with TCG threads and its I/O pool).
+const PIDS_PER_VM: u64 = 256;
+/// The largest `owner` or `qemu.pid` file read.
+const MAX_PID_FILE: u64 = 4096;
 
 /// True when this process runs as root.
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
+    Uid::effective().is_root()
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+/// What the node allows all its VMs together.
+#[derive(Debug, Clone, Copy)]
+pub struct Totals {
+    pub vms: usize,
+    pub cpus: u32,
+    pub memory_bytes: u64,
 }
 
-/// The folder under which per-job VM folders are made: `work_dir` normally, a
-/// world-traversable scratch folder when QEMU will run as `nobody`.
-pub fn vm_root(work_dir: &Path, drop_privileges: bool) -> std::io::Result<PathBuf> {
-    if !drop_privileges {
-        std::fs::create_dir_all(work_dir)?;
-        return Ok(work_dir.to_path_buf());
+/// Why QEMU cannot be confined.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    #[error("the scratch folder {path} is unsafe: {why}")]
+    UnsafeScratch { path: PathBuf, why: String },
+    #[error("failed to {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no cgroup for the node's VMs: {0}")]
+    Cgroup(String),
+    #[error("failed to {step} for QEMU: {source}")]
+    Child {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ConfineError {
+    let path = path.to_path_buf();
+    move |source| ConfineError::Io { what, path, source }
+}
+
+/// How QEMU is started on this node.
+#[derive(Debug)]
+pub struct Confinement {
+    /// This run's private scratch folder (removed when the node stops).
+    scratch: tempfile::TempDir,
+    /// `None`: unconfined (the owner's explicit choice).
+    confined: Option<Confined>,
+}
+
+#[derive(Debug)]
+struct Confined {
+    /// QEMU runs as `nobody` (the node is root).
+    drop_to_nobody: bool,
+    /// Required for a root node; a node of another user has one only where its cgroup was
+    /// delegated to it.
+    cgroup: Option<Cgroup>,
+}
+
+impl Confinement {
+    /// Cleans what earlier runs of this node left, makes this run's scratch folder and
+    /// cgroup, and checks (with a real child process) that QEMU can be confined. With
+    /// `unconfined`, a failure is a warning and QEMU runs without the confinement.
+    pub fn prepare(
+        work_dir: &Path,
+        totals: Totals,
+        unconfined: bool,
+    ) -> Result<Self, ConfineError> {
+        let root = is_root();
+        let parent = if root {
+            std::env::temp_dir().join("barn-vm")
+        } else {
+            work_dir.join("vm")
+        };
+        if !root {
+            fs::create_dir_all(work_dir).map_err(io_err("create", work_dir))?;
+        }
+        ensure_private_parent(&parent, if root { 0o711 } else { 0o700 })?;
+        clean_earlier_runs(&parent, work_dir);
+        let scratch = tempfile::Builder::new()
+            .prefix("node-")
+            .tempdir_in(&parent)
+            .map_err(io_err("create a scratch folder in", &parent))?;
+        chmod_dir(scratch.path(), 0o711)?;
+        let confined = if unconfined {
+            warn!(
+                "node.unconfined = true: QEMU runs WITHOUT its confinement (no network namespace, \
+                 no cgroup, no parent-death signal{}); only QEMU's seccomp sandbox and the \
+                 wall-clock kill remain",
+                if root { ", and as root" } else { "" }
+            );
+            None
+        } else {
+            let name = scratch
+                .path()
+                .file_name()
+                .map(|n| format!("barn-{}", n.to_string_lossy()))
+                .unwrap_or_else(|| format!("barn-{}", std::process::id()));
+            let cgroup = match Cgroup::create(&name, totals) {
+                Ok(c) => Some(c),
+                Err(e) if !root => {
+                    info!(err = %e, "no cgroup for the VMs (the node is not root): node.max_memory and node.max_cpus hold per VM only");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            Some(Confined {
+                drop_to_nobody: root,
+                cgroup,
+            })
+        };
+        let cgroups = confined
+            .as_ref()
+            .and_then(|c| c.cgroup.as_ref())
+            .map(|c| c.dirs.clone());
+        let owner = Owner::me(work_dir, cgroups);
+        owner.write(&scratch.path().join("owner"))?;
+        let this = Self { scratch, confined };
+        this.probe()?;
+        Ok(this)
     }
-    let dir = std::env::temp_dir().join("barn-vm");
-    std::fs::create_dir_all(&dir)?;
-    set_mode(&dir, 0o711)?;
-    Ok(dir)
+
+    /// True when QEMU runs confined.
+    pub fn is_confined(&self) -> bool {
+        self.confined.is_some()
+    }
+
+    /// True when QEMU runs as `nobody` and needs its files staged readable.
+    pub fn drops_privileges(&self) -> bool {
+        self.confined.as_ref().is_some_and(|c| c.drop_to_nobody)
+    }
+
+    /// The node's cgroup folders (one per controller under cgroup v1).
+    pub fn cgroup_dirs(&self) -> &[PathBuf] {
+        match self.confined.as_ref().and_then(|c| c.cgroup.as_ref()) {
+            Some(c) => &c.dirs,
+            None => &[],
+        }
+    }
+
+    /// A fresh folder for one job, traversable by QEMU's user.
+    pub fn job_dir(&self) -> Result<tempfile::TempDir, ConfineError> {
+        let dir = tempfile::Builder::new()
+            .prefix("job-")
+            .tempdir_in(self.scratch.path())
+            .map_err(io_err("create a job folder in", self.scratch.path()))?;
+        chmod_dir(dir.path(), 0o711)?;
+        Ok(dir)
+    }
+
+    /// Makes `cmd` start confined: `memory_bytes` of guest memory, `max_file` the largest
+    /// file QEMU may write.
+    pub fn apply(&self, cmd: &mut tokio::process::Command, memory_bytes: u64, max_file: u64) {
+        let Some(c) = &self.confined else { return };
+        let plan = ChildPlan {
+            cgroup_procs: c
+                .cgroup
+                .as_ref()
+                .map(|g| g.procs.clone())
+                .unwrap_or_default(),
+            rlimits: [
+                (Resource::RLIMIT_CORE, 0),
+                (Resource::RLIMIT_NOFILE, 1024),
+                (Resource::RLIMIT_FSIZE, max_file),
+                (Resource::RLIMIT_AS, memory_bytes + AS_MARGIN),
+            ],
+            new_user_ns: !c.drop_to_nobody && !is_root(),
+            drop_to_nobody: c.drop_to_nobody,
+            parent: Pid::this(),
+        };
+        child::pre_exec(cmd, plan);
+    }
+
+    /// Records a started QEMU in its job folder, for the next start's clean-up.
+    pub fn record_pid(&self, job_dir: &Path, pid: u32) {
+        let line = start_time(pid).map(|t| format!("{pid} {t}\n"));
+        if let Some(line) = line
+            && let Err(e) = fs::write(job_dir.join("qemu.pid"), line)
+        {
+            warn!(err = %e, "failed to write qemu.pid");
+        }
+    }
+
+    /// Starts `true` confined, so a node that cannot confine QEMU knows at start, not at
+    /// its first job.
+    fn probe(&self) -> Result<(), ConfineError> {
+        if self.confined.is_none() {
+            return Ok(());
+        }
+        let mut cmd = tokio::process::Command::new("true");
+        self.apply(&mut cmd, 64 << 20, 1 << 20);
+        let status = spawn_err(cmd.as_std_mut().status())?;
+        if !status.success() {
+            return Err(ConfineError::Cgroup(format!(
+                "the probe exited with {status}"
+            )));
+        }
+        Ok(())
+    }
 }
 
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+/// Maps a spawn error into the confinement step that failed, when it came from
+/// [`child::pre_exec`].
+pub fn spawn_err<T>(r: io::Result<T>) -> Result<T, ConfineError> {
+    r.map_err(|e| match e.raw_os_error().and_then(child::decode) {
+        Some((step, errno)) => ConfineError::Child {
+            step,
+            source: errno,
+        },
+        None => ConfineError::Io {
+            what: "start",
+            path: PathBuf::from("qemu"),
+            source: e,
+        },
+    })
 }
 
-/// Prepares a job's VM folder for an unprivileged QEMU: traversable by all, the image
-/// files linked in and readable, the output disk owned by `nobody`. Returns the paths QEMU
-/// should use for (kernel, initrd, root).
+/// Makes `path` if missing (with `mode`), then checks it with `lstat`: a directory, not a
+/// link, owned by this user, writable by no one else.
+fn ensure_private_parent(path: &Path, mode: u32) -> Result<(), ConfineError> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create", path)(e)),
+    }
+    let unsafe_because = |why: String| ConfineError::UnsafeScratch {
+        path: path.to_path_buf(),
+        why,
+    };
+    let meta = fs::symlink_metadata(path).map_err(io_err("inspect", path))?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_because("it is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_because("it is not a directory".into()));
+    }
+    let me = Uid::effective().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_because(format!(
+            "it is owned by uid {}, not {me} (another user made it first)",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_because(format!(
+            "its mode {:o} lets others write in it",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Opens `path` without following a link in its last component.
+fn open_nofollow(path: &Path, write: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
+fn chmod_dir(path: &Path, mode: u32) -> Result<(), ConfineError> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_DIRECTORY).bits())
+        .open(path)
+        .map_err(io_err("open", path))?;
+    dir.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err("change the mode of", path))
+}
+
+/// Prepares a job's VM folder for an unprivileged QEMU: the image files linked in and
+/// readable, the input readable, the output disk owned by `nobody`; every change made
+/// through a descriptor. Returns the paths QEMU should use for (kernel, initrd, root).
 pub fn stage(
     job_dir: &Path,
     kernel: &Path,
     initrd: &Path,
     root: Option<&Path>,
     output: &Path,
-) -> std::io::Result<(PathBuf, PathBuf, Option<PathBuf>)> {
-    set_mode(job_dir, 0o711)?;
-    let link = |src: &Path, name: &str| -> std::io::Result<PathBuf> {
+) -> io::Result<(PathBuf, PathBuf, Option<PathBuf>)> {
+    let link = |src: &Path, name: &str| -> io::Result<PathBuf> {
         let dest = job_dir.join(name);
-        if std::fs::hard_link(src, &dest).is_err() {
-            std::fs::copy(src, &dest)?;
+        if fs::hard_link(src, &dest).is_err() {
+            fs::copy(src, &dest)?;
         }
         // A hard link shares the image file's mode: make it readable by all only if it is not.
-        use std::os::unix::fs::PermissionsExt;
-        if std::fs::metadata(&dest)?.permissions().mode() & 0o004 == 0 {
-            set_mode(&dest, 0o444)?;
+        let file = open_nofollow(&dest, false)?;
+        if file.metadata()?.permissions().mode() & 0o004 == 0 {
+            file.set_permissions(fs::Permissions::from_mode(0o444))?;
         }
         Ok(dest)
     };
     let k = link(kernel, "vmlinux")?;
     let i = link(initrd, "initrd.img")?;
     let r = root.map(|r| link(r, "root.squashfs")).transpose()?;
-    set_mode(&job_dir.join("input.tar"), 0o444)?;
-    std::os::unix::fs::chown(output, Some(NOBODY), Some(NOBODY))?;
+    open_nofollow(&job_dir.join("input.tar"), false)?
+        .set_permissions(fs::Permissions::from_mode(0o444))?;
+    let out = open_nofollow(output, true)?;
+    std::os::unix::fs::fchown(&out, Some(NOBODY), Some(NOBODY))?;
     Ok((k, i, r))
 }
 
-/// The program and arguments that start `qemu ARGS` confined.
-pub fn command(
-    qemu: &Path,
-    args: Vec<String>,
-    memory_bytes: u64,
-    max_file: u64,
-    drop_privileges: bool,
-) -> (PathBuf, Vec<String>) {
-    let mut prefix: Vec<String> = Vec::new();
-    if on_path("prlimit") {
-        prefix.extend([
-            "prlimit".to_string(),
-            "--core=0".into(),
-            "--nofile=1024".into(),
-            format!("--fsize={max_file}"),
-            format!("--as={}", memory_bytes + AS_MARGIN),
-            "--".into(),
-        ]);
-    } else {
-        warn!("prlimit is not installed: QEMU runs without resource limits");
-    }
-    if drop_privileges {
-        if on_path("setpriv") {
-            prefix.extend([
-                "setpriv".to_string(),
-                format!("--reuid={NOBODY}"),
-                format!("--regid={NOBODY}"),
-                "--clear-groups".into(),
-                "--no-new-privs".into(),
-                "--".into(),
-            ]);
-        } else {
-            warn!("setpriv is not installed: QEMU runs as root");
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`), which
+/// with its pid names it uniquely.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name (field 2) is in parentheses and may hold spaces: count after the last `)`.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn alive(pid: u32, started: u64) -> bool {
+    start_time(pid) == Some(started)
+}
+
+fn read_small(path: &Path) -> Option<String> {
+    let mut text = String::new();
+    open_nofollow(path, false)
+        .ok()?
+        .take(MAX_PID_FILE)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// Who made a scratch folder: `pid start work_dir` on the first line, then the cgroup
+/// folders it made, one a line.
+#[derive(Debug, PartialEq)]
+struct Owner {
+    pid: u32,
+    started: u64,
+    work_dir: PathBuf,
+    cgroups: Vec<PathBuf>,
+}
+
+impl Owner {
+    fn me(work_dir: &Path, cgroups: Option<Vec<PathBuf>>) -> Self {
+        let pid = std::process::id();
+        Self {
+            pid,
+            started: start_time(pid).unwrap_or(0),
+            work_dir: work_dir.to_path_buf(),
+            cgroups: cgroups.unwrap_or_default(),
         }
     }
-    if prefix.is_empty() {
-        return (qemu.to_path_buf(), args);
+
+    fn write(&self, path: &Path) -> Result<(), ConfineError> {
+        let mut text = format!(
+            "{} {} {}\n",
+            self.pid,
+            self.started,
+            self.work_dir.display()
+        );
+        for c in &self.cgroups {
+            text.push_str(&format!("{}\n", c.display()));
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_err("create", path))?;
+        f.write_all(text.as_bytes()).map_err(io_err("write", path))
     }
-    let program = PathBuf::from(prefix.remove(0));
-    prefix.push(qemu.display().to_string());
-    prefix.extend(args);
-    (program, prefix)
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let mut first = lines.next()?.splitn(3, ' ');
+        Some(Self {
+            pid: first.next()?.parse().ok()?,
+            started: first.next()?.parse().ok()?,
+            work_dir: PathBuf::from(first.next()?),
+            cgroups: lines
+                .filter(|l| l.starts_with("/sys/fs/cgroup/"))
+                .map(PathBuf::from)
+                .collect(),
+        })
+    }
 }
+
+/// Stops the VMs and removes the scratch folders of this node's earlier runs (same work
+/// folder, owner no longer alive).
+fn clean_earlier_runs(parent: &Path, work_dir: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || !entry.file_name().to_string_lossy().starts_with("node-") {
+            continue;
+        }
+        let Some(owner) = read_small(&dir.join("owner")).and_then(|t| Owner::parse(&t)) else {
+            continue;
+        };
+        if owner.work_dir != work_dir || alive(owner.pid, owner.started) {
+            continue;
+        }
+        let mut killed = 0;
+        for job in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Some(text) = read_small(&job.path().join("qemu.pid")) else {
+                continue;
+            };
+            let mut w = text.split_whitespace();
+            let (Some(Ok(pid)), Some(Ok(started))) = (
+                w.next().map(str::parse::<u32>),
+                w.next().map(str::parse::<u64>),
+            ) else {
+                continue;
+            };
+            if alive(pid, started) && kill(pid) {
+                killed += 1;
+            }
+        }
+        for cg in &owner.cgroups {
+            killed += Cgroup::empty_and_remove(cg);
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => info!(
+                dir = %dir.display(),
+                vms_stopped = killed,
+                "cleaned up after an earlier run of this node"
+            ),
+            Err(e) => {
+                warn!(dir = %dir.display(), err = %e, "failed to remove an earlier run's scratch folder")
+            }
+        }
+    }
+}
+
+fn kill(pid: u32) -> bool {
+    i32::try_from(pid)
+        .is_ok_and(|p| nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL).is_ok())
+}
+
+/// The node's cgroup: one folder per controller under v1, one folder under v2.
+#[derive(Debug)]
+struct Cgroup {
+    dirs: Vec<PathBuf>,
+    /// `cgroup.procs` of each folder, opened now so the child only writes to them.
+    procs: Vec<std::sync::Arc<OwnedFd>>,
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+impl Cgroup {
+    fn create(name: &str, totals: Totals) -> Result<Self, ConfineError> {
+        let vms = totals.vms.max(1) as u64;
+        let memory = totals.memory_bytes.saturating_add(vms * QEMU_OVERHEAD);
+        let pids = vms * PIDS_PER_VM;
+        let quota = u64::from(totals.cpus.max(1)) * 100_000;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| ConfineError::Cgroup(format!("cannot read /proc/self/cgroup: {e}")))?;
+        let root = Path::new(CGROUP_ROOT);
+        let dirs = if root.join("cgroup.controllers").exists() {
+            vec![Self::create_v2(&own, name, memory, pids, quota)?]
+        } else {
+            let mut dirs = Vec::new();
+            for (controller, files) in [
+                (
+                    "memory",
+                    vec![("memory.limit_in_bytes", memory.to_string())],
+                ),
+                ("pids", vec![("pids.max", pids.to_string())]),
+                (
+                    "cpu",
+                    vec![
+                        ("cpu.cfs_period_us", "100000".to_string()),
+                        ("cpu.cfs_quota_us", quota.to_string()),
+                    ],
+                ),
+            ] {
+                let base = v1_path(&own, controller).ok_or_else(|| {
+                    ConfineError::Cgroup(format!(
+                        "the cgroup v1 {controller} controller is not mounted at {CGROUP_ROOT}/{controller}"
+                    ))
+                })?;
+                let dir = base.join(name);
+                fs::create_dir(&dir).map_err(io_err("create the cgroup", &dir))?;
+                for (file, value) in files {
+                    write_cg(&dir.join(file), &value)?;
+                }
+                dirs.push(dir);
+            }
+            dirs
+        };
+        let procs = dirs
+            .iter()
+            .map(|d| {
+                let p = d.join("cgroup.procs");
+                open_nofollow(&p, true)
+                    .map(|f| std::sync::Arc::new(OwnedFd::from(f)))
+                    .map_err(io_err("open", &p))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { dirs, procs })
+    }
+
+    /// cgroup v2: controllers must be enabled in the parent's `subtree_control`, and a
+    /// cgroup with processes cannot enable them (the "no internal processes" rule), so a
+    /// node alone in its (delegated) cgroup first moves itself into a `barn-node` leaf.
+    fn create_v2(
+        own: &str,
+        name: &str,
+        memory: u64,
+        pids: u64,
+        quota: u64,
+    ) -> Result<PathBuf, ConfineError> {
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or_else(|| ConfineError::Cgroup("no cgroup v2 line in /proc/self/cgroup".into()))?;
+        let base = Path::new(CGROUP_ROOT).join(rel.trim_start_matches('/'));
+        let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+        for c in ["memory", "pids", "cpu"] {
+            if !available.split_whitespace().any(|a| a == c) {
+                return Err(ConfineError::Cgroup(format!(
+                    "the {c} controller is not available in {} (run the node with a delegated \
+                     cgroup, e.g. systemd's Delegate=yes)",
+                    base.display()
+                )));
+            }
+        }
+        let enable = base.join("cgroup.subtree_control");
+        if write_cg(&enable, "+memory +pids +cpu").is_err() {
+            let leaf = base.join("barn-node");
+            match fs::create_dir(&leaf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create the cgroup", &leaf)(e)),
+            }
+            write_cg(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
+            write_cg(&enable, "+memory +pids +cpu")?;
+        }
+        let dir = base.join(name);
+        fs::create_dir(&dir).map_err(io_err("create the cgroup", &dir))?;
+        write_cg(&dir.join("memory.max"), &memory.to_string())?;
+        write_cg(&dir.join("memory.swap.max"), "0").ok();
+        write_cg(&dir.join("pids.max"), &pids.to_string())?;
+        write_cg(&dir.join("cpu.max"), &format!("{quota} 100000"))?;
+        Ok(dir)
+    }
+
+    /// Kills every process left in a cgroup folder and removes it; returns how many.
+    fn empty_and_remove(dir: &Path) -> usize {
+        let mut killed = 0;
+        for _ in 0..20 {
+            let pids: Vec<u32> = read_small(&dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            killed += pids.iter().filter(|&&p| kill(p)).count();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = fs::remove_dir(dir);
+        killed
+    }
+}
+
+impl Drop for Confinement {
+    fn drop(&mut self) {
+        for dir in self.cgroup_dirs() {
+            Cgroup::empty_and_remove(dir);
+        }
+    }
+}
+
+/// The folder of this process's cgroup for a v1 `controller`.
+fn v1_path(own: &str, controller: &str) -> Option<PathBuf> {
+    let rel = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        ctrls.split(',').any(|c| c == controller).then_some(path)
+    })?;
+    let mount = Path::new(CGROUP_ROOT).join(controller);
+    mount
+        .join("cgroup.procs")
+        .exists()
+        .then(|| mount.join(rel.trim_start_matches('/')))
+}
+
+fn write_cg(path: &Path, value: &str) -> Result<(), ConfineError> {
+    open_nofollow(path, true)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(io_err("write", path))
+}
+
+/// The part that runs in the child between `fork` and `exec`.
+mod child {
+    #![expect(
+        unsafe_code,
+        reason = "pre_exec: confining QEMU takes syscalls between fork and exec; the closure \
+                  only makes async-signal-safe syscalls and does not allocate"
+    )]
+
+    use super::*;
+    use nix::sched::CloneFlags;
+
+    /// Everything the child needs, prepared (and allocated) before the fork.
+    pub(super) struct ChildPlan {
+        pub cgroup_procs: Vec<std::sync::Arc<OwnedFd>>,
+        pub rlimits: [(Resource, u64); 4],
+        pub new_user_ns: bool,
+        pub drop_to_nobody: bool,
+        pub parent: Pid,
+    }
+
+    /// The steps, numbered for the error code: `step * STEP + errno`.
+    const STEPS: [&str; 7] = [
+        "join the node's cgroup",
+        "set resource limits",
+        "enter a new network namespace",
+        "drop to nobody",
+        "set the parent-death signal",
+        "outlive the node (it died during the start)",
+        "set no-new-privileges",
+    ];
+    const STEP: i32 = 10_000;
+
+    fn step(n: usize, r: nix::Result<()>) -> io::Result<()> {
+        r.map_err(|e| io::Error::from_raw_os_error((n as i32 + 1) * STEP + e as i32))
+    }
+
+    /// The step and the errno encoded by [`step`].
+    pub(super) fn decode(code: i32) -> Option<(&'static str, nix::Error)> {
+        let n = usize::try_from(code / STEP).ok()?.checked_sub(1)?;
+        Some((STEPS.get(n)?, nix::Error::from_raw(code % STEP)))
+    }
+
+    impl ChildPlan {
+        fn apply(&self) -> io::Result<()> {
+            for fd in &self.cgroup_procs {
+                step(0, nix::unistd::write(fd.as_fd(), b"0").map(drop))?;
+            }
+            for (res, limit) in self.rlimits {
+                step(1, setrlimit(res, limit, limit))?;
+            }
+            let mut flags = CloneFlags::CLONE_NEWNET;
+            if self.new_user_ns {
+                flags |= CloneFlags::CLONE_NEWUSER;
+            }
+            step(2, nix::sched::unshare(flags))?;
+            if self.drop_to_nobody {
+                let (uid, gid) = (Uid::from_raw(NOBODY), Gid::from_raw(NOBODY));
+                step(3, nix::unistd::setgroups(&[]))?;
+                step(3, nix::unistd::setresgid(gid, gid, gid))?;
+                step(3, nix::unistd::setresuid(uid, uid, uid))?;
+            }
+            step(4, nix::sys::prctl::set_pdeathsig(Signal::SIGKILL))?;
+            if nix::unistd::getppid() != self.parent {
+                step(5, Err(nix::Error::ESRCH))?;
+            }
+            step(6, nix::sys::prctl::set_no_new_privs())
+        }
+    }
+
+    /// Runs `plan` in the child of `cmd` before it executes its program.
+    pub(super) fn pre_exec(cmd: &mut tokio::process::Command, plan: ChildPlan) {
+        // SAFETY: `apply` runs in the forked child before exec: it only calls setrlimit,
+        // write, unshare, setgroups, setres[ug]id, prctl and getppid, which are
+        // async-signal-safe, on data prepared before the fork; it takes no lock and does
+        // not allocate (the error it may return is a raw OS code).
+        unsafe {
+            cmd.pre_exec(move || plan.apply());
+        }
+    }
+}
+
+use child::ChildPlan;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_command_sets_limits_then_drops_privileges_then_runs_qemu() {
-        let (program, args) = command(
-            Path::new("qemu-system-x86_64"),
-            vec!["-m".into(), "256M".into()],
-            256 << 20,
-            1 << 20,
-            true,
-        );
-        if on_path("prlimit") && on_path("setpriv") {
-            assert_eq!(program, PathBuf::from("prlimit"));
-            let joined = args.join(" ");
-            assert!(joined.starts_with("--core=0 --nofile=1024 --fsize=1048576 --as=1342177280 -- setpriv --reuid=65534"), "{joined}");
-            assert!(
-                joined.ends_with("-- qemu-system-x86_64 -m 256M"),
-                "{joined}"
-            );
-        }
+    fn owner_files_round_trip() {
+        let o = Owner {
+            pid: 42,
+            started: 1234,
+            work_dir: PathBuf::from("/var/lib/barn/work dir"),
+            cgroups: vec![PathBuf::from("/sys/fs/cgroup/memory/barn-node-x")],
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        o.write(&tmp.path().join("owner")).unwrap();
+        let back = Owner::parse(&read_small(&tmp.path().join("owner")).unwrap()).unwrap();
+        assert_eq!(back, o);
+        assert!(Owner::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = std::process::id();
+        let t = start_time(me).unwrap();
+        assert!(alive(me, t));
+        assert!(!alive(me, t + 1));
+    }
+
+    #[test]
+    fn step_codes_decode() {
+        let e = child::decode(3 * 10_000 + nix::Error::EPERM as i32).unwrap();
+        assert_eq!(e, ("enter a new network namespace", nix::Error::EPERM));
+        assert!(child::decode(nix::Error::ENOENT as i32).is_none());
+    }
+
+    #[test]
+    fn a_parent_owned_by_someone_else_or_open_to_all_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("barn-vm");
+        ensure_private_parent(&p, 0o711).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            ensure_private_parent(&p, 0o711),
+            Err(ConfineError::UnsafeScratch { .. })
+        ));
+        let l = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &l).unwrap();
+        assert!(matches!(
+            ensure_private_parent(&l, 0o711),
+            Err(ConfineError::UnsafeScratch { .. })
+        ));
     }
 }

@@ -16,8 +16,9 @@
 //! The host owns these deadlines ([`phases`]): each counts on the host's clock from
 //! QEMU's start, and each console marker is accepted once and in order, so nothing a guest
 //! prints extends a phase.
-//! - **Collect**: the guest writes its output tar and powers off; the host reads the
-//!   output disk as untrusted data ([`output`]) and hashes the log.
+//! - **Collect**: the guest writes its output tar and powers off (still within the job's
+//!   timeout); the host reads the output disk as untrusted data ([`output`]) and hashes
+//!   the log.
 //!
 //! On timeout or cancellation QEMU gets SIGTERM (it exits cleanly), then SIGKILL after
 //! [`KILL_GRACE`]; the child is also killed when its handle drops, so no QEMU outlives its
@@ -39,24 +40,20 @@ use std::time::{Duration, Instant};
 
 use barn_protocol::ContentHash;
 use barn_protocol::guest::Mark;
-use phases::{Accepted, VmPhase};
 use barn_protocol::manifest::Manifest;
-use barn_protocol::message::{
-    Accel, BuildStatus, Failure, JobSpec, Phase, TaskOutcome, Timings,
-};
+use barn_protocol::message::{Accel, BuildStatus, Failure, JobSpec, Phase, TaskOutcome, Timings};
+use phases::{Accepted, VmPhase};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use image::{Image, ImageStore};
 
 /// How long a guest may take to reach `barn: ready` under TCG before the run is an
 /// infrastructure error.
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
-/// How long the guest may take to write its output and power off after its tasks.
-pub const COLLECT_DEADLINE: Duration = Duration::from_secs(120);
 /// The pseudo-task named in a `Failed` status when the job's output broke the rules (over
 /// the quota, unsafe paths, links leading out).
 pub const OUTPUT_TASK: &str = "output";
@@ -78,9 +75,9 @@ pub struct RunnerConfig {
     pub accel: Option<Accel>,
     /// Keep work directories after the run (for debugging).
     pub keep_work: bool,
-    /// Start QEMU under resource limits, and as `nobody` when running as root
-    /// ([`confine`]). Off only for debugging.
-    pub confine: bool,
+    /// Run QEMU without its confinement ([`confine`]): the owner's explicit choice
+    /// (`node.unconfined`); otherwise a node that cannot confine QEMU runs no job.
+    pub unconfined: bool,
 }
 
 impl RunnerConfig {
@@ -97,7 +94,7 @@ impl RunnerConfig {
             log_cap: 16 << 20,
             accel: None,
             keep_work: false,
-            confine: true,
+            unconfined: false,
         }
     }
 }
@@ -159,6 +156,11 @@ pub struct RunReport {
 pub struct Runner {
     cfg: Arc<RunnerConfig>,
     slots: Arc<Semaphore>,
+    /// The guest memory of the VMs running, in MiB, so that `max_memory_bytes` is a total.
+    memory: Arc<Semaphore>,
+    memory_total_mib: u64,
+    /// How QEMU is confined, or why it cannot be (then no job runs).
+    confinement: Arc<Result<confine::Confinement, String>>,
     tsc_khz: Option<u64>,
     /// `qemu-system-… --version`, asked once per QEMU binary rather than once per job.
     qemu_versions: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>>,
@@ -170,15 +172,35 @@ enum Ending {
     TimedOut,
     Cancelled,
     BootStuck,
-    CollectStuck,
 }
 
 impl Runner {
+    /// A runner for `cfg`: cleans up after earlier runs of this node and prepares QEMU's
+    /// confinement. A node that cannot confine QEMU still starts (it may coordinate), but
+    /// [`Runner::run`] refuses every job and [`Runner::refusal`] says why.
     pub fn new(cfg: RunnerConfig) -> Self {
         let slots = Arc::new(Semaphore::new(cfg.max_vms.max(1)));
+        let memory_total_mib = (cfg.max_memory_bytes >> 20).clamp(64, u64::from(u32::MAX));
+        let totals = confine::Totals {
+            vms: cfg.max_vms,
+            cpus: cfg.max_cpus,
+            memory_bytes: cfg.max_memory_bytes,
+        };
+        let confinement = confine::Confinement::prepare(&cfg.work_dir, totals, cfg.unconfined)
+            .map_err(|e| {
+                let why = format!("{:#}", anyhow::Error::from(e));
+                error!(
+                    "cannot confine QEMU: {why}; this node runs no job (set node.unconfined = true \
+                     to run jobs without the confinement)"
+                );
+                why
+            });
         Self {
             cfg: Arc::new(cfg),
             slots,
+            memory: Arc::new(Semaphore::new(memory_total_mib as usize)),
+            memory_total_mib,
+            confinement: Arc::new(confinement),
             tsc_khz: qemu::host_tsc_khz(),
             qemu_versions: Default::default(),
         }
@@ -191,6 +213,16 @@ impl Runner {
             .entry(qemu.to_path_buf())
             .or_insert_with(|| qemu::qemu_version(qemu).unwrap_or_else(|| "unknown".into()))
             .clone()
+    }
+
+    /// Why this runner refuses every job, if it does.
+    pub fn refusal(&self) -> Option<&str> {
+        self.confinement.as_ref().as_ref().err().map(String::as_str)
+    }
+
+    /// How QEMU is confined, when it can be.
+    pub fn confinement(&self) -> Option<&confine::Confinement> {
+        self.confinement.as_ref().as_ref().ok()
     }
 
     /// The node's limits.
@@ -207,10 +239,23 @@ impl Runner {
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> anyhow::Result<RunReport> {
+        let confinement = match self.confinement.as_ref() {
+            Ok(c) => c,
+            Err(why) => anyhow::bail!("this node cannot confine QEMU, so it runs no job: {why}"),
+        };
+        let spec = &req.spec;
+        let memory_mib = (spec.resources.memory_bytes.min(self.cfg.max_memory_bytes) >> 20).max(64);
         let _permit = tokio::select! {
             biased;
             _ = cancel.cancelled() => anyhow::bail!("cancelled while waiting for a free VM slot"),
             p = self.slots.clone().acquire_owned() => p?,
+        };
+        // The guest memory of all running VMs stays within the node's total.
+        let want = u32::try_from(memory_mib.min(self.memory_total_mib)).unwrap_or(u32::MAX);
+        let _memory = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => anyhow::bail!("cancelled while waiting for free memory"),
+            p = self.memory.clone().acquire_many_owned(want) => p?,
         };
         let t0 = Instant::now();
         let emit = |e: Event| {
@@ -218,15 +263,11 @@ impl Runner {
             let _ = events.try_send(e);
         };
         emit(Event::Phase(Phase::Preparing));
-        let drop_privileges = self.cfg.confine && confine::is_root();
-        let vm_root = confine::vm_root(&self.cfg.work_dir, drop_privileges)?;
-        let work = tempfile::Builder::new()
-            .prefix("job-")
-            .tempdir_in(&vm_root)?;
+        let drop_privileges = confinement.drops_privileges();
+        let work = confinement.job_dir()?;
         std::fs::create_dir_all(&req.out_dir)?;
         let input = work.path().join("input.tar");
         let output = work.path().join("output.img");
-        let spec = &req.spec;
         {
             let (spec, src, input) = (spec.clone(), req.source_tar.clone(), input.clone());
             let variation = req.variation.clone();
@@ -235,7 +276,7 @@ impl Runner {
             })
             .await??;
         }
-        std::fs::File::create(&output)?.set_len(spec.resources.disk_bytes)?;
+        std::fs::File::create_new(&output)?.set_len(spec.resources.disk_bytes)?;
         let (kernel, initrd, root) = if drop_privileges {
             confine::stage(
                 work.path(),
@@ -259,7 +300,7 @@ impl Runner {
                 .unwrap_or(spec.resources.cpus)
                 .min(self.cfg.max_cpus)
                 .max(1),
-            memory_mib: (spec.resources.memory_bytes.min(self.cfg.max_memory_bytes) >> 20).max(64),
+            memory_mib,
             kernel,
             initrd,
             root,
@@ -273,27 +314,19 @@ impl Runner {
         emit(Event::Phase(Phase::Booting));
         let log_path = req.out_dir.join("log");
         let t_boot = Instant::now();
-        let (program, args) = if self.cfg.confine {
-            confine::command(
-                &qemu_bin,
-                vm.args(),
-                vm.memory_mib << 20,
-                spec.resources.disk_bytes,
-                drop_privileges,
-            )
-        } else {
-            (qemu_bin.clone(), vm.args())
-        };
-        let mut cmd = Command::new(&program);
-        cmd.args(&args)
+        let mut cmd = Command::new(&qemu_bin);
+        cmd.args(vm.args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        debug!(?program, ?args, "starting qemu");
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("failed to start {}: {e}", qemu_bin.display()))?;
+        confinement.apply(&mut cmd, vm.memory_mib << 20, spec.resources.disk_bytes);
+        debug!(?cmd, "starting qemu");
+        let mut child = confine::spawn_err(cmd.spawn())
+            .map_err(|e| anyhow::anyhow!("failed to start {}: {e:#}", qemu_bin.display()))?;
+        if let Some(pid) = child.id() {
+            confinement.record_pid(work.path(), pid);
+        }
         let pid = child.id();
         let stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
@@ -317,7 +350,6 @@ impl Runner {
             t_boot,
             BOOT_DEADLINE,
             Duration::from_secs(spec.timeout_secs),
-            COLLECT_DEADLINE,
         );
         // Tasks as the console reports them; used when the guest is stopped before it can
         // write its own status record.
@@ -345,14 +377,16 @@ impl Runner {
                     Some(Accepted::Result) => emit(Event::Phase(Phase::Collecting)),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => break match phases.phase() {
-                    VmPhase::Collect => Ending::CollectStuck,
-                    VmPhase::Run => Ending::TimedOut,
+                    VmPhase::Run | VmPhase::Collect => Ending::TimedOut,
                     VmPhase::Boot => Ending::BootStuck,
                 },
             }
         };
         if phases.ignored > 0 {
-            info!(ignored = phases.ignored, "console markers out of order were ignored");
+            info!(
+                ignored = phases.ignored,
+                "console markers out of order were ignored"
+            );
         }
         if !matches!(ending, Ending::Exited) {
             stop(&mut child, pid).await;
@@ -382,9 +416,6 @@ impl Runner {
             },
             Ending::BootStuck => BuildStatus::Error {
                 reason: format!("the VM did not boot within {}s", BOOT_DEADLINE.as_secs()),
-            },
-            Ending::CollectStuck => BuildStatus::Error {
-                reason: "the VM did not power off after its tasks".into(),
             },
             Ending::TimedOut | Ending::Exited => {
                 let (out, dest, quota) = (
@@ -430,7 +461,11 @@ impl Runner {
                             notes.push(format!(
                                 "the guest ran out of memory during task {} ({} was killed)",
                                 task_name(spec, *i),
-                                if victim.is_empty() { "a process" } else { victim }
+                                if victim.is_empty() {
+                                    "a process"
+                                } else {
+                                    victim
+                                }
                             ));
                         }
                         // Why the output, if anything, broke the rules: its fault, not the
@@ -455,7 +490,11 @@ impl Runner {
                                 barn_protocol::jobfile::show_size(spec.resources.disk_bytes)
                             ));
                         }
-                        match tasks.iter().enumerate().find(|(_, t)| t.exit_code != Some(0)) {
+                        match tasks
+                            .iter()
+                            .enumerate()
+                            .find(|(_, t)| t.exit_code != Some(0))
+                        {
                             Some((i, t)) => BuildStatus::Failed {
                                 task: t.name.clone(),
                                 exit_code: t.exit_code.unwrap_or(-1),
@@ -534,7 +573,11 @@ impl Runner {
         }
         // Collecting starts when the guest reports its result: writing the output tar and
         // powering off are part of it, then the host reads the disk.
-        let collect_ms = phases.result_at().unwrap_or(t_collect).elapsed().as_millis() as u64;
+        let collect_ms = phases
+            .result_at()
+            .unwrap_or(t_collect)
+            .elapsed()
+            .as_millis() as u64;
         let (log_hash, log_size) = ContentHash::of_reader(std::fs::File::open(&log_path)?)?;
         emit(Event::Phase(Phase::Done));
         if self.cfg.keep_work {

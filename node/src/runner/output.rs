@@ -115,7 +115,8 @@ mod tests {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(10);
-        b.append_data(&mut h, "status", &b"version 1\n"[..]).unwrap();
+        b.append_data(&mut h, "status", &b"version 1\n"[..])
+            .unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_size(size as u64);
         b.append_data(&mut h, "artifacts/big", &vec![7u8; size][..])
@@ -146,7 +147,11 @@ mod tests {
         let dest = tmp.path().join("a");
         let err = collect_artifacts(&disk, &dest, 64 * 1024).unwrap_err();
         assert!(err.over_quota(), "{err:#}");
-        assert!(written(&dest) <= 64 * 1024, "{} bytes written", written(&dest));
+        assert!(
+            written(&dest) <= 64 * 1024,
+            "{} bytes written",
+            written(&dest)
+        );
 
         // Within the quota, every link is a full copy listed in the manifest.
         let dest = tmp.path().join("b");

@@ -2,15 +2,18 @@
 //!
 //! ```text
 //!   Boot ──(ready, once)──▶ Run ──(result, once)──▶ Collect
-//!   ends by start+BOOT      ends by ready+timeout    ends by result+COLLECT
+//!   ends by start+BOOT      └──── both end by ready+timeout ────┘
 //! ```
 //!
 //! Every deadline is computed from the host's own clock, starting when QEMU started; the
 //! guest's markers can only move the machine forward, each at most once and in order
 //! (`ready` only while booting, tasks in index order only while running, `result` only
-//! while running), so nothing a guest prints extends anything: however it behaves, the VM
-//! is stopped by `start + BOOT + timeout + COLLECT`. Markers out of order are ignored and
-//! counted (a task printing `barn: ready` every second used to restart the clock).
+//! while running). A task shares the console with the init and can print any marker, so
+//! no marker after `ready` moves a deadline: the job's timeout covers its tasks *and*
+//! writing its outputs (a `result` printed early by a task used to buy two more minutes).
+//! However a guest behaves, the VM is stopped by `start + BOOT + timeout`. Markers out of
+//! order are ignored and counted (a task printing `barn: ready` every second used to
+//! restart the clock).
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +47,6 @@ pub struct Phases {
     start: Instant,
     boot: Duration,
     timeout: Duration,
-    collect: Duration,
     phase: VmPhase,
     ready_at: Option<Instant>,
     result_at: Option<Instant>,
@@ -58,12 +60,11 @@ pub struct Phases {
 }
 
 impl Phases {
-    pub fn new(start: Instant, boot: Duration, timeout: Duration, collect: Duration) -> Self {
+    pub fn new(start: Instant, boot: Duration, timeout: Duration) -> Self {
         Self {
             start,
             boot,
             timeout,
-            collect,
             phase: VmPhase::Boot,
             ready_at: None,
             result_at: None,
@@ -80,9 +81,8 @@ impl Phases {
 
     /// When the current phase must have ended.
     pub fn deadline(&self) -> Instant {
-        let end = match (self.phase, self.ready_at, self.result_at) {
-            (VmPhase::Collect, _, Some(result)) => result + self.collect,
-            (VmPhase::Run, Some(ready), _) => ready + self.timeout,
+        let end = match (self.phase, self.ready_at) {
+            (VmPhase::Run | VmPhase::Collect, Some(ready)) => ready + self.timeout,
             _ => self.start + self.boot,
         };
         end.min(self.hard_end())
@@ -90,7 +90,7 @@ impl Phases {
 
     /// No VM lives past this, whatever happened.
     pub fn hard_end(&self) -> Instant {
-        self.start + self.boot + self.timeout + self.collect
+        self.start + self.boot + self.timeout
     }
 
     /// When the guest said it was ready, and when it said its tasks were over.
@@ -138,7 +138,10 @@ impl Phases {
                     exit_code,
                     duration_ms,
                 },
-            ) if self.running.is_some_and(|(i, _)| task_index(&name) == Some(i)) => {
+            ) if self
+                .running
+                .is_some_and(|(i, _)| task_index(&name) == Some(i)) =>
+            {
                 let index = self.next_task;
                 self.running = None;
                 self.next_task += 1;
@@ -183,7 +186,7 @@ mod tests {
     #[test]
     fn markers_never_extend_a_deadline() {
         let t0 = Instant::now();
-        let mut p = Phases::new(t0, 120 * S, 8 * S, 120 * S);
+        let mut p = Phases::new(t0, 120 * S, 8 * S);
         assert_eq!(p.deadline(), t0 + 120 * S);
         assert_eq!(p.accept(Mark::Ready, t0 + S), Some(Accepted::Ready));
         let run_end = t0 + 9 * S;
@@ -196,12 +199,14 @@ mod tests {
             assert_eq!(p.deadline(), run_end, "after {i} s");
         }
         assert_eq!(p.phase(), VmPhase::Run);
-        // `result` ends the run once; a second one does not restart collection.
+        // `result` ends the run once, and gives no more time: writing the outputs is
+        // within the timeout; a second one changes nothing either.
         assert_eq!(p.accept(Mark::Result, t0 + 5 * S), Some(Accepted::Result));
-        assert_eq!(p.deadline(), t0 + 125 * S);
+        assert_eq!(p.phase(), VmPhase::Collect);
+        assert_eq!(p.deadline(), run_end);
         assert_eq!(p.accept(Mark::Result, t0 + 100 * S), None);
         assert_eq!(p.accept(Mark::Ready, t0 + 100 * S), None);
-        assert_eq!(p.deadline(), t0 + 125 * S);
+        assert_eq!(p.deadline(), run_end);
         assert!(p.deadline() <= p.hard_end());
         assert!(p.ignored >= 2 * 198 + 2);
     }
@@ -209,7 +214,7 @@ mod tests {
     #[test]
     fn tasks_are_accepted_once_and_in_order() {
         let t0 = Instant::now();
-        let mut p = Phases::new(t0, 10 * S, 10 * S, 10 * S);
+        let mut p = Phases::new(t0, 10 * S, 10 * S);
         assert_eq!(p.accept(task("000-a", None), t0), None, "before ready");
         p.accept(Mark::Ready, t0);
         assert_eq!(p.accept(task("001-b", None), t0), None, "out of order");
@@ -221,7 +226,11 @@ mod tests {
         assert_eq!(p.accept(task("001-b", Some(0)), t0), None, "not running");
         assert!(matches!(
             p.accept(task("000-a", Some(2)), t0),
-            Some(Accepted::TaskFinished { index: 0, exit_code: 2, .. })
+            Some(Accepted::TaskFinished {
+                index: 0,
+                exit_code: 2,
+                ..
+            })
         ));
         assert_eq!(p.accept(task("000-a", Some(0)), t0), None, "finished twice");
         assert_eq!(
@@ -234,7 +243,7 @@ mod tests {
     #[test]
     fn vary_counts_only_while_booting() {
         let t0 = Instant::now();
-        let mut p = Phases::new(t0, S, S, S);
+        let mut p = Phases::new(t0, S, S);
         p.accept(Mark::Ready, t0);
         assert_eq!(p.accept(Mark::Vary, t0), None);
         assert!(!p.varied());

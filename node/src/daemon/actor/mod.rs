@@ -147,7 +147,12 @@ impl Actor {
         let caps = Capabilities {
             archs: vec!["x86_64".into()],
             memory_bytes: p.cfg.max_memory_bytes,
-            slots: p.cfg.slots,
+            // A node that cannot confine QEMU claims nothing (its runner refuses jobs).
+            slots: if p.runner.refusal().is_some() {
+                0
+            } else {
+                p.cfg.slots
+            },
             max_disk_bytes: p.cfg.max_disk_bytes,
             max_timeout_secs: p.cfg.max_timeout.as_secs(),
         };
