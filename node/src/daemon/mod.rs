@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use barn_protocol::SecretKey;
 use barn_protocol::message::Accel;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dirs::{Dirs, write_private_new};
@@ -46,10 +46,54 @@ pub struct Options {
     pub fault_alter_outputs: bool,
 }
 
+/// How old a temporary file must be before a starting node takes it for a crashed run's
+/// leftover: a `barn run` or `barn image build` may share the data folder and be writing
+/// one now, and none of them takes this long.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Removes what a crashed earlier run left in the data folder: anonymous blob writes
+/// (`blobs/tmp/*.tmp`; resumable `*.partial` downloads are kept) and image build and fetch
+/// folders (`images/build-*`, `images/fetch-*`). VMs and their folders are the runner's
+/// ([`runner::confine`]).
+fn clean_temporary_files(data: &std::path::Path) {
+    let stale = |e: &std::fs::DirEntry| {
+        e.metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TEMPORARY))
+    };
+    let sweep = |dir: std::path::PathBuf, matches: &dyn Fn(&str) -> bool| {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !matches(&name) || !stale(&e) {
+                continue;
+            }
+            let path = e.path();
+            let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => {
+                    info!(path = %path.display(), "removed a temporary file left by an earlier run")
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), err = %e, "failed to remove a stale temporary file")
+                }
+            }
+        }
+    };
+    sweep(data.join("blobs").join("tmp"), &|n| n.ends_with(".tmp"));
+    sweep(data.join("images"), &|n| {
+        n.starts_with("build-") || n.starts_with("fetch-")
+    });
+}
+
 /// Runs the node until `cancel` fires.
 pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationToken) -> Result<()> {
     std::fs::create_dir_all(&dirs.data)
         .with_context(|| format!("failed to create {}", dirs.data.display()))?;
+    clean_temporary_files(&dirs.data);
     let key = node_key(&dirs)?;
     let db = Db::open(&dirs.data.join("barn.db")).context("failed to open the node database")?;
     let blobs =
@@ -153,4 +197,45 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_starting_node_removes_stale_temporary_files_only() {
+        let data = tempfile::tempdir().unwrap();
+        let blobs = data.path().join("blobs/tmp");
+        let images = data.path().join("images");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(images.join("build-old")).unwrap();
+        std::fs::create_dir_all(images.join("build-new")).unwrap();
+        std::fs::create_dir_all(images.join("0123abcd")).unwrap();
+        for f in ["old.tmp", "new.tmp", "old.partial"] {
+            std::fs::write(blobs.join(f), b"x").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - 2 * STALE_TEMPORARY;
+        let age = |p: std::path::PathBuf| {
+            std::fs::File::open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap()
+        };
+        age(blobs.join("old.tmp"));
+        age(blobs.join("old.partial"));
+        age(images.join("build-old"));
+        age(images.join("0123abcd"));
+        clean_temporary_files(data.path());
+        assert!(!blobs.join("old.tmp").exists());
+        assert!(!images.join("build-old").exists());
+        for kept in [
+            blobs.join("new.tmp"),
+            blobs.join("old.partial"),
+            images.join("build-new"),
+            images.join("0123abcd"),
+        ] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+    }
 }
