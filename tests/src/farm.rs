@@ -15,6 +15,9 @@ pub struct Node {
     pub config: PathBuf,
     pub data: PathBuf,
     pub log: PathBuf,
+    /// The arguments after `barn node …` it was started with, to restart it alike.
+    args: Vec<String>,
+    root: PathBuf,
     child: Child,
 }
 
@@ -53,6 +56,26 @@ impl Node {
         }
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the node with SIGKILL (no clean-up of its own) and waits for it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the node again on the same directories and arguments.
+    pub fn restart(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(self.data.join("api.addr"));
+        let again = spawn(&self.root, &self.name, &self.args);
+        // Replaces the old (exited) process; its Drop has nothing left to stop.
+        *self = again;
+    }
+
     /// The node's peer id, from its key file.
     pub fn peer_id(&self) -> String {
         let out = self.barn(&["key", "show", "--node"]);
@@ -89,6 +112,10 @@ impl Node {
     }
 
     fn stop(&mut self) {
+        // Never signal a pid this node no longer owns (reaped, perhaps reused).
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -125,6 +152,12 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
     std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
     let log = root.join(format!("{name}.log"));
+    // A restarted node appends to the same log.
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap_or_else(|e| panic!("{e}"));
     let child = Command::new(barn_bin())
         .arg("--config-dir")
         .arg(&config)
@@ -141,7 +174,7 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
         .env("RUST_LOG", "barn_node=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}")))
+        .stderr(log_file)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start barn node: {e}"));
     let mut node = Node {
@@ -149,6 +182,8 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
         config,
         data,
         log,
+        args: extra.to_vec(),
+        root: root.to_path_buf(),
         child,
     };
     node.wait_ready();

@@ -241,3 +241,45 @@ fn a_root_node_that_cannot_confine_qemu_refuses_jobs() {
     assert!(ran.status.success(), "{stderr}");
     assert!(stderr.contains("WITHOUT its confinement"), "{stderr}");
 }
+
+/// A volunteer `barn node` killed with SIGKILL in the middle of a job leaves no QEMU
+/// running, and its next start removes the dead run's scratch folder.
+#[test]
+fn a_node_killed_mid_job_leaves_no_qemu_and_cleans_up_at_its_next_start() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut farm = barn_tests::farm::Farm::start("tiny-x86_64", 1, &[]);
+    let p = Project::new(&format!(
+        "{HEAD}[[task]]\nname = \"wait\"\nrun = \"sleep 100\"\n"
+    ));
+    let out = farm
+        .submitter
+        .barn(&["submit", "--replicas", "1", p.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let volunteer = &mut farm.volunteers[0];
+    let scratch = wait_for(
+        "the volunteer's scratch folder",
+        Duration::from_secs(30),
+        || scratch_of(volunteer.pid()),
+    );
+    let (qemu, started) = wait_for("the volunteer's QEMU", Duration::from_secs(120), || {
+        qemu_in(&scratch)
+    });
+    volunteer.kill_hard();
+    wait_for("QEMU to die with its node", Duration::from_secs(5), || {
+        (start_time(qemu) != Some(started)).then_some(())
+    });
+    assert!(scratch.exists());
+    volunteer.restart();
+    wait_for(
+        "the restarted node to clean up",
+        Duration::from_secs(30),
+        || (!scratch.exists()).then_some(()),
+    );
+}
