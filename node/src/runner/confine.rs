@@ -257,7 +257,7 @@ impl Confinement {
 }
 
 /// Maps a spawn error into the confinement step that failed, when it came from
-/// [`child::pre_exec`].
+/// the confining `pre_exec`.
 pub fn spawn_err<T>(r: io::Result<T>) -> Result<T, ConfineError> {
     r.map_err(|e| match e.raw_os_error().and_then(child::decode) {
         Some((step, errno)) => ConfineError::Child {

@@ -13,7 +13,7 @@
 //!   [`BOOT_DEADLINE`] is an infrastructure error, not a verdict on the build.
 //! - **Run**: the tasks, bounded by the job's wall-clock timeout.
 //!
-//! The host owns these deadlines ([`phases`]): each counts on the host's clock from
+//! The host owns these deadlines (`phases.rs`): each counts on the host's clock from
 //! QEMU's start, and each console marker is accepted once and in order, so nothing a guest
 //! prints extends a phase.
 //! - **Collect**: the guest writes its output tar and powers off (still within the job's
