@@ -215,12 +215,17 @@ impl Confinement {
                 .as_ref()
                 .map(|g| g.procs.clone())
                 .unwrap_or_default(),
+            // Never above the node's own hard limits: only root could raise those.
             rlimits: [
                 (Resource::RLIMIT_CORE, 0),
                 (Resource::RLIMIT_NOFILE, 1024),
                 (Resource::RLIMIT_FSIZE, max_file),
                 (Resource::RLIMIT_AS, memory_bytes + AS_MARGIN),
-            ],
+            ]
+            .map(|(res, limit)| {
+                let hard = nix::sys::resource::getrlimit(res).map_or(limit, |(_, h)| h);
+                (res, limit.min(hard))
+            }),
             new_user_ns: !c.drop_to_nobody && !is_root(),
             drop_to_nobody: c.drop_to_nobody,
             parent: Pid::this(),
