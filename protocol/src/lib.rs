@@ -9,7 +9,9 @@
 //! - output manifests and their root hash ([`manifest`]),
 //! - deterministic source packing ([`pack`]),
 //! - the job file `barn.toml` ([`jobfile`]),
-//! - the guest init's console markers and status record ([`guest`]).
+//! - the guest init's console markers and status record ([`guest`]),
+//! - the rule for names that become file names ([`names`]),
+//! - strings from peers and guests made safe for a terminal ([`text`]).
 //!
 //! `docs/protocol.md` in the repository is the specification these types implement.
 
@@ -22,7 +24,9 @@ pub mod jobfile;
 pub mod limits;
 pub mod manifest;
 pub mod message;
+pub mod names;
 pub mod pack;
+pub mod text;
 
 pub use envelope::{Envelope, Signed, VerifyError};
 pub use hash::ContentHash;
