@@ -11,6 +11,7 @@
 //! - the job file `barn.toml` ([`jobfile`]),
 //! - the guest init's console markers and status record ([`guest`]),
 //! - the rule for names that become file names ([`names`]),
+//! - symbolic links resolved inside a tree ([`links`]),
 //! - strings from peers and guests made safe for a terminal ([`text`]).
 //!
 //! `docs/protocol.md` in the repository is the specification these types implement.
@@ -22,6 +23,7 @@ pub mod hash;
 pub mod identity;
 pub mod jobfile;
 pub mod limits;
+pub mod links;
 pub mod manifest;
 pub mod message;
 pub mod names;
