@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -20,6 +20,7 @@ use barn_protocol::ContentHash;
 use barn_protocol::jobfile::show_size;
 use barn_protocol::manifest::{self, Entry, EntryKind};
 use barn_protocol::message::BuildResult;
+use barn_protocol::text::{printable, printable_bytes};
 use clap::Args;
 use serde::Serialize;
 
@@ -70,11 +71,32 @@ pub fn run_log(args: LogArgs, dirs: &Dirs) -> Result<ExitCode> {
         );
     }
     let mut stdout = io::stdout().lock();
-    match io::copy(&mut open(path)?, &mut stdout).and_then(|_| stdout.flush()) {
+    // To a pipe or a file the log goes byte for byte (its hash must match); to a terminal
+    // the guest's control characters are escaped so they cannot drive it.
+    let copied = if stdout.is_terminal() {
+        copy_printable(io::BufReader::new(open(path)?), &mut stdout)
+    } else {
+        io::copy(&mut open(path)?, &mut stdout).map(drop)
+    };
+    match copied.and_then(|()| stdout.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // `barn log … | head` is fine.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e).context("failed to write the log"),
+    }
+}
+
+/// Copies log text line by line, escaping control characters (keeping `\n` and `\t`).
+fn copy_printable(mut from: impl BufRead, to: &mut impl Write) -> io::Result<()> {
+    // Lines are cut at 64 KiB so a log without newlines is not read whole.
+    const MAX_LINE: u64 = 64 * 1024;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if (&mut from).take(MAX_LINE).read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        to.write_all(printable_bytes(&line, true).as_bytes())?;
     }
 }
 
@@ -108,7 +130,7 @@ pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
             "job {} from node {} ({}), manifest {}",
             short_job(&detail.job.id),
             short_node(&view.node),
-            view.status,
+            printable(&view.status),
             short_hash(&result.manifest_root.to_string())
         );
     }
@@ -132,7 +154,7 @@ pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
         if !args.json {
             println!(
                 "  {:<40} {:>9}  {}",
-                e.path,
+                printable(&e.path),
                 show_size(e.size),
                 hash.short()
             );
@@ -144,8 +166,8 @@ pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
         if !args.json {
             println!(
                 "  {:<40} -> {}",
-                e.path,
-                e.target.as_deref().unwrap_or_default()
+                printable(&e.path),
+                printable(e.target.as_deref().unwrap_or_default())
             );
         }
         written.push(describe(e));
@@ -578,6 +600,15 @@ mod tests {
         }
         assert_eq!(fs::read(out.join("bin/x")).unwrap(), b"elf");
         assert_eq!(fs::read(out.join("lib/libx.so")).unwrap(), b"elf");
+    }
+
+    #[test]
+    fn logs_to_a_terminal_are_escaped_line_by_line() {
+        let log = b"ok\tdone\n\x1b]0;pwned\x07\x1b[2J\nend \xe2\x9c\x85";
+        let mut out = Vec::new();
+        copy_printable(&log[..], &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out, "ok\tdone\n\\x1b]0;pwned\\x07\\x1b[2J\nend ✅");
     }
 
     #[test]
