@@ -166,12 +166,8 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<JobSpec>, JobFileError> {
         )
     })?;
     let image_name = image.get_ref().trim();
-    if !valid_name(image_name) {
-        return Err(cx.err(
-            Some(image.span()),
-            "image",
-            "must be letters, digits, `.`, `_` or `-`",
-        ));
+    if let Err(e) = crate::names::check_image_name(image_name) {
+        return Err(cx.err(Some(image.span()), "image", e.to_string()));
     }
 
     let archs: Vec<(String, Range<usize>)> = match (raw.arch, raw.archs) {

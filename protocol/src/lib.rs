@@ -10,7 +10,10 @@
 //!   with bounded headers ([`untar`]),
 //! - deterministic source packing ([`pack`]),
 //! - the job file `barn.toml` ([`jobfile`]),
-//! - the guest init's console markers and status record ([`guest`]).
+//! - the guest init's console markers and status record ([`guest`]),
+//! - the rule for names that become file names ([`names`]),
+//! - symbolic links resolved inside a tree ([`links`]),
+//! - strings from peers and guests made safe for a terminal ([`text`]).
 //!
 //! `docs/protocol.md` in the repository is the specification these types implement.
 
@@ -21,9 +24,12 @@ pub mod hash;
 pub mod identity;
 pub mod jobfile;
 pub mod limits;
+pub mod links;
 pub mod manifest;
 pub mod message;
+pub mod names;
 pub mod pack;
+pub mod text;
 pub mod untar;
 
 pub use envelope::{Envelope, Signed, VerifyError};

@@ -102,3 +102,103 @@ fn the_example_job_file_is_valid() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["image"], "tiny-x86_64");
 }
+
+/// Every file under `root`, relative to it.
+fn files_under(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let items = fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for e in items {
+            let p = e.unwrap_or_else(|e| panic!("{e}")).path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap_or(&p);
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn image_names_that_climb_out_are_refused_everywhere() {
+    let home = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let data_arg = data.to_str().unwrap();
+
+    // On the command line.
+    for bad in ["../x", "..", "/etc/x"] {
+        let out = barn(
+            home.path(),
+            &["image", "build", bad, "--data-dir", data_arg],
+        );
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("bad image name \"{bad}\"")),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+
+    // In the image.toml a recipe writes (as one received from a peer would hold).
+    let recipes = tempfile::tempdir().unwrap();
+    fs::create_dir_all(recipes.path().join("evil")).unwrap();
+    fs::write(
+        recipes.path().join("evil/build.sh"),
+        "mkdir -p \"$1\" && cd \"$1\" && echo k > vmlinux && echo i > initrd.img && \
+         printf 'name = \"/../../escaped\"\\narch = \"x86_64\"\\n' > image.toml\n",
+    )
+    .unwrap();
+    let out = barn(
+        home.path(),
+        &[
+            "image",
+            "build",
+            "evil",
+            "--quiet",
+            "--data-dir",
+            data_arg,
+            "--recipes",
+            recipes.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bad image name \"/../../escaped\""),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing was written outside the store's own folders, and nothing was named.
+    let stray: Vec<String> = files_under(root.path())
+        .into_iter()
+        .filter(|f| !f.starts_with("data/images/build-") && !f.starts_with("data/cache"))
+        .collect();
+    assert!(stray.is_empty(), "files outside the image store: {stray:?}");
+    let list = barn(
+        home.path(),
+        &["image", "list", "--json", "--data-dir", data_arg],
+    );
+    assert_eq!(stdout(&list), "[]");
+
+    // In a job file.
+    for bad in ["..", "../x"] {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("barn.toml"),
+            format!(
+                "image = \"{bad}\"\narch = \"x86_64\"\n[[task]]\nname = \"b\"\nrun = \"true\"\n"
+            ),
+        )
+        .unwrap();
+        let out = barn(home.path(), &["job", "check", dir.path().to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("barn.toml:1: image: bad image name \"{bad}\"")),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+}

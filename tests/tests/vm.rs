@@ -420,3 +420,46 @@ fn variations_change_the_environment_a_replica_builds_in() {
     };
     assert_eq!(sorted(&a), sorted(&b));
 }
+
+#[test]
+fn a_guest_cannot_drive_the_terminal_through_barn_run() {
+    let p = tiny(
+        "artifacts = [\"out/*\"]\n[[task]]\nname = \"evil\"\n\
+         run = \"printf '\\\\033]0;pwned\\\\007\\\\033[2J\\\\302\\\\233H\\\\342\\\\200\\\\256gnp.exe\\\\n' && mkdir -p out && echo x > \\\"out/a$(printf '\\\\033')[31mred\\\"\"\n",
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = barn_shared(&[
+        "run",
+        "--out",
+        out_dir.path().to_str().unwrap(),
+        p.path().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    // Nothing the guest wrote reaches the terminal as a control character...
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        for c in ['\x1b', '\x07', '\u{9b}', '\u{202e}'] {
+            assert!(!text.contains(c), "{name} holds {c:?}:\n{text}");
+        }
+    }
+    // ...but it is shown, escaped: the streamed log line and the artifact's name.
+    assert!(
+        stderr.contains("| \\x1b]0;pwned\\x07\\x1b[2J\\u{9b}H\\u{202e}gnp.exe"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("out/a\\x1b[31mred"), "{stdout}");
+    // The log file keeps the exact bytes: its hash is what replicas compare.
+    let log_line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("log "))
+        .unwrap_or_else(|| panic!("no log line in:\n{stdout}"));
+    let log_path = log_line.rsplit(' ').next().unwrap();
+    let log = std::fs::read(log_path).unwrap();
+    let raw = "\x1b]0;pwned\x07\x1b[2J\u{9b}H\u{202e}gnp.exe".as_bytes();
+    assert!(
+        log.windows(raw.len()).any(|w| w == raw),
+        "{log_path}:\n{}",
+        barn_protocol::text::printable_bytes(&log, true)
+    );
+}

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use barn_protocol::message::{BuildResult, Job};
+use barn_protocol::text::printable;
 use barn_protocol::{JobId, NodeId, Signed};
 use clap::Subcommand;
 
@@ -107,7 +108,7 @@ fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Re
     let path = out.unwrap_or_else(|| PathBuf::from(format!("barn-attest-{}.json", job_id.short())));
     std::fs::write(&path, &bytes).with_context(|| format!("failed to write {}", path.display()))?;
     for c in &report.checked {
-        eprintln!("  {c}");
+        eprintln!("  {}", printable(&c.to_string()));
     }
     eprintln!(
         "wrote {}: {} provenance statement(s) ({by_builder} signed by the node that built, the rest by {}) and a verification summary signed by {}",
@@ -201,13 +202,15 @@ fn verify(path: &Path, signer: Option<&str>) -> Result<ExitCode> {
             Ok(c) => match signer {
                 Some(want) if !c.signers().contains(&want) => {
                     failed += 1;
-                    println!("FAIL  {n}: not signed by {want} ({c})");
+                    let c = c.to_string();
+                    println!("FAIL  {n}: not signed by {want} ({})", printable(&c));
                 }
-                _ => println!("ok    {n}: {c}"),
+                _ => println!("ok    {n}: {}", printable(&c.to_string())),
             },
             Err(e) => {
                 failed += 1;
-                println!("FAIL  {n}: {:#}", anyhow::Error::new(e));
+                let e = format!("{:#}", anyhow::Error::new(e));
+                println!("FAIL  {n}: {}", printable(&e));
             }
         }
     }

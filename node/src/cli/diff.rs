@@ -27,6 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use barn_protocol::jobfile::show_size;
 use barn_protocol::manifest::{self, Entry, EntryKind};
 use barn_protocol::message::{BuildResult, Job};
+use barn_protocol::text::{printable, printable_log};
 use barn_protocol::{ContentHash, JobId, NodeId, Signed};
 use clap::Args;
 use serde::Serialize;
@@ -633,7 +634,7 @@ fn print_summary(report: &Report, verdict: &Verdict, results: &[ResultView]) {
         Kind::Failed => {
             println!("job {job} failed:");
             for (node, why) in &verdict.failures {
-                println!("  node {}: {why}", short_node(node));
+                println!("  node {}: {}", short_node(node), printable(why));
             }
             if verdict.files.is_empty() {
                 println!("nothing to diff among the succeeded results");
@@ -661,10 +662,10 @@ fn print_summary(report: &Report, verdict: &Verdict, results: &[ResultView]) {
         }
     }
     for (node, why) in &verdict.ignored {
-        println!("  left out {}: {why}", short_node(node));
+        println!("  left out {}: {}", short_node(node), printable(why));
     }
     for (node, why) in &report.refused {
-        println!("  refused {}: {why}", short_node(node));
+        println!("  refused {}: {}", short_node(node), printable(why));
     }
     if results.is_empty() {
         println!("  no node has sent a result yet");
@@ -673,7 +674,7 @@ fn print_summary(report: &Report, verdict: &Verdict, results: &[ResultView]) {
 
 fn print_variants(fr: &FileReport) {
     println!();
-    println!("{}", fr.path);
+    println!("{}", printable(&fr.path));
     let rows: Vec<Vec<String>> = fr
         .variants
         .iter()
@@ -705,34 +706,36 @@ fn print_comparison(
     let nodes_of = |v: &str| variants.get(v).map(|n| who(n)).unwrap_or_default();
     println!(
         "  {} ({}) vs {} ({}):",
-        show_variant(base),
+        printable(&show_variant(base)),
         nodes_of(base),
-        show_variant(&cmp.variant),
+        printable(&show_variant(&cmp.variant)),
         nodes_of(&cmp.variant)
     );
     for note in &cmp.notes {
-        println!("    {note}");
+        println!("    {}", printable(note));
     }
     if let Some(at) = cmp.first_difference {
         println!("    first difference at byte {at} (0x{at:x})");
     }
     if let Some(out) = &cmp.diffoscope {
-        print!("{out}");
+        // diffoscope and the text diff quote the artifacts' bytes: escaped, lines kept.
+        print!("{}", printable_log(out));
         if !out.ends_with('\n') {
             println!();
         }
         return;
     }
     if let Some(d) = &cmp.text_diff {
-        print!("{d}");
+        print!("{}", printable_log(d));
     } else if let Some((b, o)) = &cmp.hex {
+        let path = printable(path);
         println!("    {path} on {}:", nodes_of(base));
         for l in b.lines() {
-            println!("      {l}");
+            println!("      {}", printable(l));
         }
         println!("    {path} on {}:", nodes_of(&cmp.variant));
         for l in o.lines() {
-            println!("      {l}");
+            println!("      {}", printable(l));
         }
     }
 }

@@ -6,11 +6,12 @@
 //! byte written comes from that signed manifest and is checked against its hash. The
 //! manifest is treated as hostile when written out: paths are re-normalized, the output
 //! folder must be new or empty, nothing is written through a link, links are made last
-//! and may not point outside.
+//! and may not point outside, even when followed through each other
+//! ([`barn_protocol::links::check_links`]).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ use barn_protocol::ContentHash;
 use barn_protocol::jobfile::show_size;
 use barn_protocol::manifest::{self, Entry, EntryKind};
 use barn_protocol::message::BuildResult;
+use barn_protocol::text::{printable, printable_bytes};
 use clap::Args;
 use serde::Serialize;
 
@@ -69,11 +71,32 @@ pub fn run_log(args: LogArgs, dirs: &Dirs) -> Result<ExitCode> {
         );
     }
     let mut stdout = io::stdout().lock();
-    match io::copy(&mut open(path)?, &mut stdout).and_then(|_| stdout.flush()) {
+    // To a pipe or a file the log goes byte for byte (its hash must match); to a terminal
+    // the guest's control characters are escaped so they cannot drive it.
+    let copied = if stdout.is_terminal() {
+        copy_printable(io::BufReader::new(open(path)?), &mut stdout)
+    } else {
+        io::copy(&mut open(path)?, &mut stdout).map(drop)
+    };
+    match copied.and_then(|()| stdout.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // `barn log … | head` is fine.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e).context("failed to write the log"),
+    }
+}
+
+/// Copies log text line by line, escaping control characters (keeping `\n` and `\t`).
+fn copy_printable(mut from: impl BufRead, to: &mut impl Write) -> io::Result<()> {
+    // Lines are cut at 64 KiB so a log without newlines is not read whole.
+    const MAX_LINE: u64 = 64 * 1024;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if (&mut from).take(MAX_LINE).read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        to.write_all(printable_bytes(&line, true).as_bytes())?;
     }
 }
 
@@ -107,7 +130,7 @@ pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
             "job {} from node {} ({}), manifest {}",
             short_job(&detail.job.id),
             short_node(&view.node),
-            view.status,
+            printable(&view.status),
             short_hash(&result.manifest_root.to_string())
         );
     }
@@ -131,7 +154,7 @@ pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
         if !args.json {
             println!(
                 "  {:<40} {:>9}  {}",
-                e.path,
+                printable(&e.path),
                 show_size(e.size),
                 hash.short()
             );
@@ -143,8 +166,8 @@ pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
         if !args.json {
             println!(
                 "  {:<40} -> {}",
-                e.path,
-                e.target.as_deref().unwrap_or_default()
+                printable(&e.path),
+                printable(e.target.as_deref().unwrap_or_default())
             );
         }
         written.push(describe(e));
@@ -311,6 +334,13 @@ impl<'a> Plan<'a> {
                 }
             }
         }
+        // Each link is inside on its own; followed through the others (`s -> .` then
+        // `l -> s/..`), a chain may still climb out. Refused before anything is written.
+        barn_protocol::links::check_links(
+            plan.links
+                .iter()
+                .map(|e| (e.path.as_str(), e.target.as_deref().unwrap_or_default())),
+        )?;
         Ok(plan)
     }
 }
@@ -494,6 +524,91 @@ mod tests {
         assert!(Plan::new(&through).is_err());
         let unclean = [entry("./a", EntryKind::Dir, None)];
         assert!(Plan::new(&unclean).is_err());
+    }
+
+    fn plan_error(entries: &[Entry]) -> String {
+        format!("{:#}", Plan::new(entries).unwrap_err())
+    }
+
+    #[test]
+    fn link_chains_that_climb_out_are_refused_before_writing() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("out");
+        // What the attack does on a real disk: each link lexically inside, `l` outside.
+        fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(".", out.join("s")).unwrap();
+        std::os::unix::fs::symlink("s/..", out.join("l")).unwrap();
+        assert_eq!(
+            fs::canonicalize(out.join("l")).unwrap(),
+            fs::canonicalize(root.path()).unwrap()
+        );
+        fs::remove_dir_all(&out).unwrap();
+
+        let dot = [
+            entry("s", EntryKind::Symlink, Some(".")),
+            entry("l", EntryKind::Symlink, Some("s/..")),
+        ];
+        let e = plan_error(&dot);
+        assert!(
+            e.contains("the link \"l\" -> \"s/..\" leads outside the folder"),
+            "{e}"
+        );
+        let longer = [
+            entry("d", EntryKind::Dir, None),
+            entry("d/a", EntryKind::Symlink, Some(".")),
+            entry("d/b", EntryKind::Symlink, Some("a/a/a")),
+            entry("d/c", EntryKind::Symlink, Some("b/..")),
+            entry("d/e", EntryKind::Symlink, Some("c/../x")),
+        ];
+        let e = plan_error(&longer);
+        assert!(e.contains("\"d/e\"") && e.contains("outside"), "{e}");
+        let the_loop = [
+            entry("a", EntryKind::Symlink, Some("b")),
+            entry("b", EntryKind::Symlink, Some("a")),
+        ];
+        let e = plan_error(&the_loop);
+        assert!(e.contains("more than 40 links followed"), "{e}");
+        // Refused before `prepare_out`: nothing was created.
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn legitimate_link_chains_are_written() {
+        let root = tempfile::tempdir().unwrap();
+        let src = root.path().join("blob");
+        fs::write(&src, b"elf").unwrap();
+        let mut file = entry("lib/libx.so.1.2", EntryKind::File, None);
+        file.size = 3;
+        let entries = [
+            entry("lib", EntryKind::Dir, None),
+            file,
+            entry("lib/libx.so", EntryKind::Symlink, Some("libx.so.1")),
+            entry("lib/libx.so.1", EntryKind::Symlink, Some("libx.so.1.2")),
+            entry("bin/x", EntryKind::Symlink, Some("../lib/libx.so")),
+        ];
+        let plan = Plan::new(&entries).unwrap();
+        let out = root.path().join("out");
+        prepare_out(&out).unwrap();
+        for e in &plan.dirs {
+            fs::create_dir_all(out.join(&e.path)).unwrap();
+        }
+        for e in &plan.files {
+            copy_verified(&src, &out, e, ContentHash::of(b"elf")).unwrap();
+        }
+        for e in &plan.links {
+            make_link(&out, e).unwrap();
+        }
+        assert_eq!(fs::read(out.join("bin/x")).unwrap(), b"elf");
+        assert_eq!(fs::read(out.join("lib/libx.so")).unwrap(), b"elf");
+    }
+
+    #[test]
+    fn logs_to_a_terminal_are_escaped_line_by_line() {
+        let log = b"ok\tdone\n\x1b]0;pwned\x07\x1b[2J\nend \xe2\x9c\x85";
+        let mut out = Vec::new();
+        copy_printable(&log[..], &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out, "ok\tdone\n\\x1b]0;pwned\\x07\\x1b[2J\nend ✅");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use barn_protocol::jobfile::{self, show_size};
+use barn_protocol::text::printable;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -51,14 +52,14 @@ pub fn run(cmd: JobCommand) -> Result<ExitCode> {
                 println!("epoch      {}", s.source_date_epoch);
                 if !s.env.is_empty() {
                     let env: Vec<_> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!("env        {}", env.join(" "));
+                    println!("env        {}", printable(&env.join(" ")));
                 }
-                println!("artifacts  {}", s.artifacts.join(" "));
+                println!("artifacts  {}", printable(&s.artifacts.join(" ")));
                 for t in &s.tasks {
                     println!(
                         "task       {}: {}",
                         t.name,
-                        t.run.lines().next().unwrap_or_default()
+                        printable(t.run.lines().next().unwrap_or_default())
                     );
                 }
             }

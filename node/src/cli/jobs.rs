@@ -96,9 +96,7 @@ fn jobs_table(jobs: &[JobView], now: u64) -> String {
 fn job_text(d: &JobDetail, now: u64) -> String {
     let j = &d.job;
     let mut out = String::new();
-    let mut field = |name: &str, value: String| {
-        out.push_str(&format!("{name:<12}{value}\n"));
-    };
+    let mut field = |name: &str, value: String| out.push_str(&super::view::field(name, &value));
     field("id", j.id.clone());
     field("image", j.image.clone());
     field("arch", j.arch.clone());

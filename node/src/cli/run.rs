@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use barn_protocol::jobfile::{self, show_size};
 use barn_protocol::message::{Accel, BuildStatus};
+use barn_protocol::text::printable;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -200,7 +201,9 @@ fn show_event(ev: &Event, quiet: bool, started: Instant) {
     let t = started.elapsed().as_secs_f64();
     match ev {
         Event::Phase(p) => eprintln!("==> [{t:6.2}s] {}", format!("{p:?}").to_lowercase()),
-        Event::TaskStarted { name, .. } => eprintln!("==> [{t:6.2}s] task {name}"),
+        Event::TaskStarted { name, .. } => {
+            eprintln!("==> [{t:6.2}s] task {}", printable(name))
+        }
         Event::TaskFinished {
             name,
             exit_code,
@@ -208,11 +211,15 @@ fn show_event(ev: &Event, quiet: bool, started: Instant) {
             ..
         } => {
             eprintln!(
-                "==> [{t:6.2}s] task {name} exited {exit_code} after {:.2}s",
+                "==> [{t:6.2}s] task {} exited {exit_code} after {:.2}s",
+                printable(name),
                 *duration_ms as f64 / 1000.0
             )
         }
-        Event::Log(line) if !quiet && !line.starts_with("barn: ") => eprintln!("    | {line}"),
+        // The guest writes these lines: escaped, so they cannot drive the terminal.
+        Event::Log(line) if !quiet && !line.starts_with("barn: ") => {
+            eprintln!("    | {}", printable(line))
+        }
         Event::Log(_) => {}
     }
 }
@@ -262,8 +269,10 @@ pub fn report_json(r: &RunReport, source: &str) -> serde_json::Value {
 
 fn print_report(r: &RunReport) {
     let status = match &r.status {
-        s @ BuildStatus::Failed { .. } => format!("failed ({})", s.detail().unwrap_or_default()),
-        BuildStatus::Error { reason } => format!("error: {reason}"),
+        s @ BuildStatus::Failed { .. } => {
+            format!("failed ({})", printable(&s.detail().unwrap_or_default()))
+        }
+        BuildStatus::Error { reason } => format!("error: {}", printable(reason)),
         s => s.word().to_string(),
     };
     println!("status     {status}");
@@ -274,7 +283,7 @@ fn print_report(r: &RunReport) {
             .unwrap_or_else(|| "unfinished".into());
         println!(
             "task       {:<20} exit {code:<10} {:.2}s",
-            t.name,
+            printable(&t.name),
             t.duration_ms as f64 / 1000.0
         );
     }
@@ -285,7 +294,11 @@ fn print_report(r: &RunReport) {
         println!("artifacts");
         for e in files {
             let hash = e.hash.map(|h| h.to_string()).unwrap_or_default();
-            println!("  {:<40} {:>9}  {hash}", e.path, show_size(e.size));
+            println!(
+                "  {:<40} {:>9}  {hash}",
+                printable(&e.path),
+                show_size(e.size)
+            );
         }
     }
     println!("manifest   {}", r.manifest_root);
@@ -303,6 +316,6 @@ fn print_report(r: &RunReport) {
     );
     println!("accel      {} (QEMU {})", r.accel, r.qemu_version);
     for n in &r.notes {
-        println!("note       {n}");
+        println!("note       {}", printable(n));
     }
 }

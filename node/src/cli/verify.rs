@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use barn_protocol::message::{BuildResult, Job, JobId};
+use barn_protocol::text::printable;
 use barn_protocol::{NodeId, Signed};
 use clap::Args;
 
@@ -148,7 +149,7 @@ pub fn report(d: &JobDetail, json: bool) -> Result<u8> {
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            mark.push_str(&format!("  varied {}", vars.join(" ")));
+            mark.push_str(&format!("  varied {}", printable(&vars.join(" "))));
         }
         println!(
             "  node {}  {:<9} manifest {}  log {}  boot {} ms, run {} ms, total {} ms, {}  signature ok{mark}",
@@ -163,7 +164,7 @@ pub fn report(d: &JobDetail, json: bool) -> Result<u8> {
         );
     }
     for (node, why) in &v.ignored {
-        println!("  node {}  ignored: {why}", short(node));
+        println!("  node {}  ignored: {}", short(node), printable(why));
     }
     match v.verdict {
         Kind::Reproducible => println!(
@@ -175,7 +176,10 @@ pub fn report(d: &JobDetail, json: bool) -> Result<u8> {
         Kind::Differs => {
             println!("verdict: differs ({} file(s) differ)", v.files.len());
             if !v.explained_by.is_empty() {
-                println!("  split by the variation: {}", v.explained_by.join(", "));
+                println!(
+                    "  split by the variation: {}",
+                    printable(&v.explained_by.join(", "))
+                );
             }
             if !v.majority.is_empty() {
                 println!(
@@ -196,11 +200,11 @@ pub fn report(d: &JobDetail, json: bool) -> Result<u8> {
                     .join(", ")
             );
             for f in &v.files {
-                println!("  file {}", f.path);
+                println!("  file {}", printable(&f.path));
                 for (what, nodes) in &f.variants {
                     println!(
                         "    {:<80} {}",
-                        what,
+                        printable(what),
                         nodes
                             .iter()
                             .map(|n| short(n))
@@ -213,7 +217,7 @@ pub fn report(d: &JobDetail, json: bool) -> Result<u8> {
         Kind::Failed => {
             println!("verdict: failed");
             for (node, why) in &v.failures {
-                println!("  node {}: {why}", short(node));
+                println!("  node {}: {}", short(node), printable(why));
             }
         }
         Kind::Pending => println!(

@@ -1,5 +1,11 @@
 //! How the commands that read the local API show things to people: aligned tables, ages,
 //! short forms of node ids and hashes. `--json` output does not pass through here.
+//!
+//! Table cells and fields hold strings from peers and guests (node names, versions,
+//! statuses, reasons): [`table`] and [`field`] pass each through
+//! [`barn_protocol::text::printable`] so none can drive the terminal.
+
+use barn_protocol::text::printable;
 
 /// Unix seconds now.
 pub fn now() -> u64 {
@@ -43,10 +49,20 @@ pub fn short_job(id: &str) -> String {
         .collect()
 }
 
-/// Renders rows under headers, columns padded to their widest cell, two spaces apart.
+/// `name`, padded to 12 columns, then `value` with control characters escaped, and a newline.
+pub fn field(name: &str, value: &str) -> String {
+    format!("{name:<12}{}\n", printable(value))
+}
+
+/// Renders rows under headers, columns padded to their widest cell, two spaces apart;
+/// control characters in cells are escaped.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(cell.chars().count());
@@ -72,7 +88,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(&mut headers.iter().copied());
-    for row in rows {
+    for row in &rows {
         line(&mut row.iter().map(String::as_str));
     }
     out
@@ -116,5 +132,14 @@ mod tests {
             ],
         );
         assert_eq!(t, "NODE    CPUS\na       4\nlonger  16\n");
+    }
+
+    #[test]
+    fn cells_and_fields_cannot_drive_the_terminal() {
+        let t = table(&["NODE"], &[vec!["ev\x1b]0;pwned\x07il\u{202e}".into()]]);
+        assert!(!t.contains('\x1b') && !t.contains('\u{202e}'), "{t}");
+        assert!(t.contains("ev\\x1b]0;pwned\\x07il\\u{202e}"), "{t}");
+        let f = field("reason", "a\nverdict: reproducible\x1b[2J");
+        assert_eq!(f, "reason      a\\x0averdict: reproducible\\x1b[2J\n");
     }
 }

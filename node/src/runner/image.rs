@@ -5,12 +5,18 @@
 //! directory ([`barn_protocol::pack`]), so an image travels between peers as one verified
 //! blob and every replica of a job runs identical bytes. The store keeps each image in
 //! `<data>/images/<hex>/` and the latest build of each name in `<data>/images/by-name/`.
+//!
+//! An image name becomes a file name here, so every name is checked with
+//! [`check_image_name`] before any path is built from it: names asked for (command line,
+//! job file), names read from an `image.toml` (built here or received from a peer) and
+//! names found in `by-name/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 use barn_protocol::ContentHash;
+use barn_protocol::names::check_image_name;
 use serde::Deserialize;
 
 /// The recipes compiled into barn, so `barn image build` works from any directory.
@@ -90,6 +96,8 @@ impl ImageStore {
         );
         let meta: ImageToml = toml::from_str(&text)
             .with_context(|| format!("bad image.toml in {}", dir.display()))?;
+        check_image_name(&meta.name)
+            .with_context(|| format!("bad image.toml in {}", dir.display()))?;
         let mut size = 0;
         for e in std::fs::read_dir(dir)? {
             size += e?.metadata()?.len();
@@ -114,6 +122,7 @@ impl ImageStore {
 
     /// The current image of `name` (the latest built or fetched), if any.
     pub fn by_name_get(&self, name: &str) -> Result<Option<Image>> {
+        check_image_name(name)?;
         let link = self.by_name().join(name);
         let Ok(text) = std::fs::read_to_string(&link) else {
             return Ok(None);
@@ -132,6 +141,7 @@ impl ImageStore {
                 .get(&hash)?
                 .with_context(|| format!("no image {hash} on this machine"));
         }
+        check_image_name(name_or_hash)?;
         self.by_name_get(name_or_hash)?.with_context(|| {
             format!("no image named {name_or_hash:?} on this machine; build it with `barn image build {name_or_hash}`")
         })
@@ -145,6 +155,10 @@ impl ImageStore {
         };
         for e in rd {
             let name = e?.file_name().to_string_lossy().into_owned();
+            // Temporary files, and anything not put there by barn, are not images.
+            if check_image_name(&name).is_err() {
+                continue;
+            }
             if let Some(img) = self.by_name_get(&name)? {
                 out.push(img);
             }
@@ -158,12 +172,15 @@ impl ImageStore {
         let hash = barn_protocol::pack::pack_dir(built, std::io::sink())
             .with_context(|| format!("failed to hash image {}", built.display()))?
             .hash;
+        // Refuse a bad image.toml (a bad name above all) before anything moves.
+        Self::load(built, hash)?;
         let dest = self.dir.join(hash.to_hex());
         std::fs::create_dir_all(&self.dir)?;
         if !dest.exists() {
             std::fs::rename(built, &dest)
                 .with_context(|| format!("failed to move image into {}", dest.display()))?;
         }
+        // `load` checked the name in its image.toml: it is one plain file name.
         let img = Self::load(&dest, hash)?;
         std::fs::create_dir_all(self.by_name())?;
         let tmp = self.by_name().join(format!(".{}.tmp", img.name));
@@ -210,6 +227,7 @@ impl ImageStore {
         cache: &Path,
         quiet: bool,
     ) -> Result<Image> {
+        check_image_name(name)?;
         let scratch = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(self.ensure_dir()?)?;
@@ -256,5 +274,61 @@ impl ImageStore {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("failed to create {}", self.dir.display()))?;
         Ok(&self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(root: &Path, name: &str) -> PathBuf {
+        let dir = root.join("built");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vmlinux"), b"k").unwrap();
+        std::fs::write(
+            dir.join("image.toml"),
+            format!("name = {name:?}\narch = \"x86_64\"\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn names_are_checked_before_any_path_is_built() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(&root.path().join("data"));
+        for bad in ["../x", "..", ".", "/etc/passwd", "a/b"] {
+            let e = store.by_name_get(bad).unwrap_err().to_string();
+            assert!(e.contains("bad image name"), "{bad}: {e}");
+            let e = store.resolve(bad).unwrap_err().to_string();
+            assert!(e.contains("bad image name"), "{bad}: {e}");
+            let e = store
+                .build(bad, None, &root.path().join("cache"), true)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("bad image name"), "{bad}: {e}");
+        }
+        // Nothing was created, not even the store.
+        assert!(!root.path().join("data").exists());
+        assert!(!root.path().join("cache").exists());
+    }
+
+    #[test]
+    fn an_image_toml_naming_a_path_is_refused_before_it_moves() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(&root.path().join("data"));
+        let dir = built(root.path(), "/../../escaped");
+        let e = format!("{:#}", store.import_dir(&dir).unwrap_err());
+        assert!(e.contains("bad image name \"/../../escaped\""), "{e}");
+        assert!(dir.join("image.toml").exists(), "the image moved");
+        assert!(!root.path().join("data/escaped.tmp").exists());
+        assert!(store.list().unwrap().is_empty());
+
+        let ok = built(&root.path().join("ok"), "tiny-x86_64");
+        let img = store.import_dir(&ok).unwrap();
+        assert_eq!(store.resolve("tiny-x86_64").unwrap(), img);
+        // A stray file in by-name/ is not an image.
+        std::fs::write(store.by_name().join(".x.tmp"), "junk").unwrap();
+        assert_eq!(store.list().unwrap(), vec![img]);
     }
 }
