@@ -124,10 +124,8 @@ pub fn parse_status(text: &str) -> Result<GuestStatus, StatusError> {
             }
             ("result", ["ok"]) => st.ok = Some(true),
             ("result", ["failed", ..]) => st.ok = Some(false),
-            ("unmatched", _) if !rest.is_empty() => {
-                if st.unmatched.len() < MAX_STATUS_ITEMS {
-                    st.unmatched.push(rest.chars().take(200).collect());
-                }
+            ("unmatched", _) if !rest.is_empty() && st.unmatched.len() < MAX_STATUS_ITEMS => {
+                st.unmatched.push(rest.chars().take(200).collect());
             }
             ("output", ["overflow"]) => st.overflow = true,
             _ => {} // "version 1", "artifacts N", "rejected …" and lines from newer guests
