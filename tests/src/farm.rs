@@ -16,6 +16,8 @@ pub struct Node {
     pub data: PathBuf,
     pub log: PathBuf,
     child: Child,
+    /// The arguments it was started with after the common ones, for [`Node::restart`].
+    extra: Vec<String>,
 }
 
 impl Node {
@@ -88,7 +90,26 @@ impl Node {
         }
     }
 
+    /// Stops the process and starts it again with the same directories and arguments
+    /// (new ports; the log is appended to).
+    pub fn restart(&mut self) {
+        self.stop();
+        let root = self
+            .config
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| panic!("node {} has no root", self.name));
+        // A killed node leaves its API address behind; the new one writes its own.
+        let _ = std::fs::remove_file(self.data.join("api.addr"));
+        *self = spawn(&root, &self.name, &self.extra);
+    }
+
     fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            // Already ended (and reaped): its pid may belong to another process by now.
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -141,7 +162,13 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
         .env("RUST_LOG", "barn_node=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}")))
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start barn node: {e}"));
     let mut node = Node {
@@ -150,6 +177,7 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
         data,
         log,
         child,
+        extra: extra.to_vec(),
     };
     node.wait_ready();
     node
