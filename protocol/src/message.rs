@@ -767,17 +767,56 @@ mod tests {
         assert!(read.message().unavailable.is_empty());
     }
 
+    /// `NodeAdvert` as a later barn may write it, with a reason this one does not know.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct FutureNodeAdvert {
+        node: NodeId,
+        version: String,
+        archs: Vec<ArchInfo>,
+        cpus: u32,
+        memory_bytes: u64,
+        free_slots: u32,
+        total_slots: u32,
+        images: BTreeMap<String, ContentHash>,
+        addrs: Vec<String>,
+        time: u64,
+        expires: u64,
+        unavailable: Vec<String>,
+    }
+
+    impl Message for FutureNodeAdvert {
+        const KIND: &'static str = "node-advert";
+        const MAX_SIZE: usize = MAX_GOSSIP_MESSAGE;
+    }
+
     #[test]
     fn an_unknown_unavailability_reason_reads_as_other_not_as_a_broken_advert() {
         let key = SecretKey::generate();
-        let old = old_advert(key.node_id());
-        let future = new_advert(&old, vec![Unavailable::Other("on_battery".into())]);
+        let o = old_advert(key.node_id());
+        let future = FutureNodeAdvert {
+            node: o.node,
+            version: o.version.clone(),
+            archs: o.archs.clone(),
+            cpus: o.cpus,
+            memory_bytes: o.memory_bytes,
+            free_slots: o.free_slots,
+            total_slots: o.total_slots,
+            images: o.images.clone(),
+            addrs: o.addrs.clone(),
+            time: o.time,
+            expires: o.expires,
+            unavailable: vec!["on_battery".into(), "paused".into()],
+        };
         let bytes = Signed::sign(future, &key).to_bytes();
         let read = Signed::<NodeAdvert>::from_bytes(&bytes).unwrap();
         assert_eq!(
             read.message().unavailable,
-            vec![Unavailable::Other("on_battery".into())]
+            vec![Unavailable::Other("on_battery".into()), Unavailable::Paused]
         );
+        // And this barn writes its reasons as those plain words.
+        let ours = Signed::sign(new_advert(&o, vec![Unavailable::OutsideSchedule]), &key);
+        let as_future = Signed::<FutureNodeAdvert>::from_bytes(&ours.to_bytes()).unwrap();
+        assert_eq!(as_future.message().unavailable, vec!["outside_schedule"]);
         for u in [
             Unavailable::Paused,
             Unavailable::OutsideSchedule,
