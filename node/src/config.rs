@@ -11,6 +11,9 @@ use anyhow::{Context, Result, bail};
 use barn_protocol::SubmitterId;
 use barn_protocol::jobfile::{parse_duration, parse_size};
 use serde::Deserialize;
+use toml::Spanned;
+
+use crate::sched::window::{Schedule, Window};
 
 /// The commented default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -52,6 +55,13 @@ pub struct Config {
     pub accept_any: bool,
     /// Address of the local API (loopback only).
     pub api_listen: String,
+    // The owner's limits on taking work (docs/volunteer-guide.md, "Staying in charge").
+    /// `node.schedule`: windows of local time in which new jobs are claimed; `None` (the
+    /// key absent): at any time.
+    pub schedule: Option<Schedule>,
+    /// `node.max_load`: no new claims while the 1-minute load average is above it; `None`:
+    /// no limit.
+    pub max_load: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -75,6 +85,9 @@ struct RawNode {
     unconfined: Option<bool>,
     advert_interval: Option<String>,
     announce_interval: Option<String>,
+    // The owner's limits.
+    schedule: Option<Spanned<Vec<Spanned<String>>>>,
+    max_load: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -101,6 +114,8 @@ const KNOWN: &[&str] = &[
     "node.unconfined",
     "node.advert_interval",
     "node.announce_interval",
+    "node.schedule",
+    "node.max_load",
     "trust.submitters",
     "trust.accept_any",
     "api.listen",
@@ -195,6 +210,7 @@ impl Config {
                 "{name}: api.listen must be a loopback address; the API is for this machine only"
             );
         }
+        let (schedule, max_load) = owner_limits(text, name, node.schedule, node.max_load)?;
         let slots = node.slots.unwrap_or(1);
         if !(1..=64).contains(&slots) {
             bail!("{name}: node.slots must be between 1 and 64");
@@ -218,10 +234,58 @@ impl Config {
                 trusted,
                 accept_any: trust.accept_any.unwrap_or(false),
                 api_listen,
+                schedule,
+                max_load,
             },
             warnings,
         ))
     }
+}
+
+/// `file:line` of byte `offset` in `text`, for errors in a key's value.
+fn at(text: &str, name: &str, offset: usize) -> String {
+    let line = text.get(..offset).unwrap_or(text).matches('\n').count() + 1;
+    format!("{name}:{line}")
+}
+
+/// `node.schedule` and `node.max_load`, checked.
+fn owner_limits(
+    text: &str,
+    name: &str,
+    schedule: Option<Spanned<Vec<Spanned<String>>>>,
+    max_load: Option<Spanned<f64>>,
+) -> Result<(Option<Schedule>, Option<f64>)> {
+    let schedule = match schedule {
+        None => None,
+        Some(list) => {
+            let start = list.span().start;
+            let mut windows = Vec::new();
+            for w in list.into_inner() {
+                let where_ = at(text, name, w.span().start);
+                let parsed = w.get_ref().parse::<Window>().map_err(|e| {
+                    anyhow::anyhow!("{where_}: node.schedule: {:?}: {e}", w.get_ref())
+                })?;
+                windows.push(parsed);
+            }
+            Some(Schedule::new(windows).with_context(|| {
+                format!(
+                    "{}: node.schedule: the list is empty, so the node would never take work \
+                     (leave the key out to take work at any time, or run `barn pause`)",
+                    at(text, name, start)
+                )
+            })?)
+        }
+    };
+    let max_load = match max_load {
+        None => None,
+        Some(m) if m.get_ref().is_finite() && *m.get_ref() > 0.0 => Some(*m.get_ref()),
+        Some(m) => bail!(
+            "{}: node.max_load: {} is not a load average above 0 (write e.g. 4.0)",
+            at(text, name, m.span().start),
+            m.get_ref()
+        ),
+    };
+    Ok((schedule, max_load))
 }
 
 #[cfg(test)]
@@ -255,5 +319,51 @@ mod tests {
         assert!(format!("{e:#}").contains("loopback"));
         let e = Config::parse("[node]\nadvert_interval = \"soon\"\n", "c.toml").unwrap_err();
         assert!(format!("{e:#}").contains("node.advert_interval"));
+    }
+
+    #[test]
+    fn the_owners_limits_parse_and_their_errors_name_the_line_key_and_window() {
+        let (c, w) = Config::parse(
+            "[node]\nschedule = [\"mon-fri 19:00-07:00\", \"sat-sun\"]\nmax_load = 3.5\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let s = c.schedule.unwrap();
+        assert_eq!(s.windows().len(), 2);
+        let sat = crate::sched::window::LocalTime::new("sat", 12, 0).unwrap();
+        assert!(s.contains(sat));
+        assert_eq!(c.max_load, Some(3.5));
+        let (c, _) = Config::parse("[node]\nmax_load = 4\n", "c.toml").unwrap();
+        assert_eq!(c.max_load, Some(4.0));
+        let (c, _) = Config::parse("", "c.toml").unwrap();
+        assert_eq!((c.schedule, c.max_load), (None, None));
+
+        let e = Config::parse(
+            "[node]\nslots = 1\nschedule = [\n  \"sat-sun\",\n  \"mon-fry 19:00-07:00\",\n]\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "c.toml:5: node.schedule: \"mon-fry 19:00-07:00\": \"mon-fry\" is not a day \
+             (write mon, tue, wed, thu, fri, sat, sun, a range like mon-fri, or daily)"
+        );
+        let e = Config::parse("[node]\nschedule = [\"mon 7-9\"]\n", "c.toml").unwrap_err();
+        assert!(
+            format!("{e:#}")
+                .starts_with("c.toml:2: node.schedule: \"mon 7-9\": \"7-9\" is not a span"),
+            "{e:#}"
+        );
+        let e = Config::parse("[node]\nschedule = []\n", "c.toml").unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("c.toml:2: node.schedule: the list is empty"),
+            "{e:#}"
+        );
+        let e = Config::parse("\n[node]\nmax_load = -1.0\n", "c.toml").unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("c.toml:3: node.max_load: -1 is not a load average"),
+            "{e:#}"
+        );
     }
 }

@@ -147,6 +147,69 @@ pub struct NodeAdvert {
     /// Unix seconds when made, and when it stops being valid.
     pub time: u64,
     pub expires: u64,
+    /// Why the node claims no new jobs now; empty means it is taking work. Added within
+    /// v1: absent (an older node, or a node taking work, which leaves it out) means
+    /// available, and readers older than the field ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<Unavailable>,
+}
+
+/// Why a node is not taking new work, as its advert says.
+///
+/// Encoded as a word, so that a reason added later reads as [`Unavailable::Other`] on
+/// this barn instead of making the whole advert unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// Its owner ran `barn pause`.
+    Paused,
+    /// Outside every window of its `node.schedule`.
+    OutsideSchedule,
+    /// Its 1-minute load average is above its `node.max_load`.
+    OverLoadLimit,
+    /// A reason this version of barn does not know, as sent.
+    Other(String),
+}
+
+impl Unavailable {
+    /// The word on the wire, in `--json` output and tables.
+    pub fn word(&self) -> &str {
+        match self {
+            Unavailable::Paused => "paused",
+            Unavailable::OutsideSchedule => "outside_schedule",
+            Unavailable::OverLoadLimit => "over_load_limit",
+            Unavailable::Other(w) => w,
+        }
+    }
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unavailable::Paused => "paused by its owner",
+            Unavailable::OutsideSchedule => "outside its schedule",
+            Unavailable::OverLoadLimit => "over its load limit",
+            Unavailable::Other(w) => w,
+        })
+    }
+}
+
+impl From<String> for Unavailable {
+    fn from(word: String) -> Self {
+        match word.as_str() {
+            "paused" => Unavailable::Paused,
+            "outside_schedule" => Unavailable::OutsideSchedule,
+            "over_load_limit" => Unavailable::OverLoadLimit,
+            _ => Unavailable::Other(word),
+        }
+    }
+}
+
+impl From<Unavailable> for String {
+    fn from(u: Unavailable) -> Self {
+        u.word().to_string()
+    }
 }
 
 impl Message for NodeAdvert {
@@ -582,6 +645,7 @@ mod tests {
                 addrs: vec![],
                 time: 1,
                 expires: 31,
+                unavailable: vec![Unavailable::Paused, Unavailable::OverLoadLimit],
             },
             &key,
         );
@@ -671,6 +735,148 @@ mod tests {
             crate::cbor::from_slice::<BlobRequest>(&bytes, BlobRequest::MAX_SIZE).unwrap(),
             req
         );
+    }
+
+    /// `NodeAdvert` as barn wrote and read it before `unavailable` was added.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct OldNodeAdvert {
+        node: NodeId,
+        version: String,
+        archs: Vec<ArchInfo>,
+        cpus: u32,
+        memory_bytes: u64,
+        free_slots: u32,
+        total_slots: u32,
+        images: BTreeMap<String, ContentHash>,
+        addrs: Vec<String>,
+        time: u64,
+        expires: u64,
+    }
+
+    impl Message for OldNodeAdvert {
+        const KIND: &'static str = "node-advert";
+        const MAX_SIZE: usize = MAX_GOSSIP_MESSAGE;
+    }
+
+    fn old_advert(node: NodeId) -> OldNodeAdvert {
+        OldNodeAdvert {
+            node,
+            version: "0.1.0".into(),
+            archs: vec![],
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            free_slots: 1,
+            total_slots: 1,
+            images: BTreeMap::new(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            time: 1,
+            expires: 31,
+        }
+    }
+
+    fn new_advert(old: &OldNodeAdvert, unavailable: Vec<Unavailable>) -> NodeAdvert {
+        NodeAdvert {
+            node: old.node,
+            version: old.version.clone(),
+            archs: old.archs.clone(),
+            cpus: old.cpus,
+            memory_bytes: old.memory_bytes,
+            free_slots: old.free_slots,
+            total_slots: old.total_slots,
+            images: old.images.clone(),
+            addrs: old.addrs.clone(),
+            time: old.time,
+            expires: old.expires,
+            unavailable,
+        }
+    }
+
+    #[test]
+    fn an_old_reader_reads_a_new_advert_and_ignores_why_it_is_unavailable() {
+        let key = SecretKey::generate();
+        let old = old_advert(key.node_id());
+        let new = new_advert(
+            &old,
+            vec![Unavailable::Paused, Unavailable::OutsideSchedule],
+        );
+        let bytes = Signed::sign(new, &key).to_bytes();
+        let read = Signed::<OldNodeAdvert>::from_bytes(&bytes).unwrap();
+        assert_eq!(read.message(), &old);
+        // An available node leaves the field out: its advert is the old encoding itself.
+        let available = Signed::sign(new_advert(&old, vec![]), &key);
+        assert_eq!(
+            available.envelope().payload,
+            Signed::sign(old.clone(), &key).envelope().payload
+        );
+    }
+
+    #[test]
+    fn a_new_reader_takes_an_old_advert_as_available() {
+        let key = SecretKey::generate();
+        let old = old_advert(key.node_id());
+        let bytes = Signed::sign(old.clone(), &key).to_bytes();
+        let read = Signed::<NodeAdvert>::from_bytes(&bytes).unwrap();
+        assert_eq!(read.message(), &new_advert(&old, vec![]));
+        assert!(read.message().unavailable.is_empty());
+    }
+
+    /// `NodeAdvert` as a later barn may write it, with a reason this one does not know.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct FutureNodeAdvert {
+        node: NodeId,
+        version: String,
+        archs: Vec<ArchInfo>,
+        cpus: u32,
+        memory_bytes: u64,
+        free_slots: u32,
+        total_slots: u32,
+        images: BTreeMap<String, ContentHash>,
+        addrs: Vec<String>,
+        time: u64,
+        expires: u64,
+        unavailable: Vec<String>,
+    }
+
+    impl Message for FutureNodeAdvert {
+        const KIND: &'static str = "node-advert";
+        const MAX_SIZE: usize = MAX_GOSSIP_MESSAGE;
+    }
+
+    #[test]
+    fn an_unknown_unavailability_reason_reads_as_other_not_as_a_broken_advert() {
+        let key = SecretKey::generate();
+        let o = old_advert(key.node_id());
+        let future = FutureNodeAdvert {
+            node: o.node,
+            version: o.version.clone(),
+            archs: o.archs.clone(),
+            cpus: o.cpus,
+            memory_bytes: o.memory_bytes,
+            free_slots: o.free_slots,
+            total_slots: o.total_slots,
+            images: o.images.clone(),
+            addrs: o.addrs.clone(),
+            time: o.time,
+            expires: o.expires,
+            unavailable: vec!["on_battery".into(), "paused".into()],
+        };
+        let bytes = Signed::sign(future, &key).to_bytes();
+        let read = Signed::<NodeAdvert>::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            read.message().unavailable,
+            vec![Unavailable::Other("on_battery".into()), Unavailable::Paused]
+        );
+        // And this barn writes its reasons as those plain words.
+        let ours = Signed::sign(new_advert(&o, vec![Unavailable::OutsideSchedule]), &key);
+        let as_future = Signed::<FutureNodeAdvert>::from_bytes(&ours.to_bytes()).unwrap();
+        assert_eq!(as_future.message().unavailable, vec!["outside_schedule"]);
+        for u in [
+            Unavailable::Paused,
+            Unavailable::OutsideSchedule,
+            Unavailable::OverLoadLimit,
+        ] {
+            assert_eq!(Unavailable::from(u.word().to_string()), u);
+        }
     }
 
     #[test]

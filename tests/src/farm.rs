@@ -15,10 +15,9 @@ pub struct Node {
     pub config: PathBuf,
     pub data: PathBuf,
     pub log: PathBuf,
-    /// The arguments after `barn node …` it was started with, to restart it alike.
-    args: Vec<String>,
-    root: PathBuf,
     child: Child,
+    /// The arguments it was started with after the common ones, for [`Node::restart`].
+    extra: Vec<String>,
 }
 
 impl Node {
@@ -56,26 +55,6 @@ impl Node {
         }
     }
 
-    /// The node's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Kills the node with SIGKILL (no clean-up of its own) and waits for it.
-    pub fn kill_hard(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts the node again on the same directories and arguments.
-    pub fn restart(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_file(self.data.join("api.addr"));
-        let again = spawn(&self.root, &self.name, &self.args);
-        // Replaces the old (exited) process; its Drop has nothing left to stop.
-        *self = again;
-    }
-
     /// The node's peer id, from its key file.
     pub fn peer_id(&self) -> String {
         let out = self.barn(&["key", "show", "--node"]);
@@ -111,9 +90,35 @@ impl Node {
         }
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the node with SIGKILL (no clean-up of its own) and waits for it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the process and starts it again with the same directories and arguments
+    /// (new ports; the log is appended to).
+    pub fn restart(&mut self) {
+        self.stop();
+        let root = self
+            .config
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| panic!("node {} has no root", self.name));
+        // A killed node leaves its API address behind; the new one writes its own.
+        let _ = std::fs::remove_file(self.data.join("api.addr"));
+        *self = spawn(&root, &self.name, &self.extra);
+    }
+
     fn stop(&mut self) {
-        // Never signal a pid this node no longer owns (reaped, perhaps reused).
         if let Ok(Some(_)) = self.child.try_wait() {
+            // Already ended (and reaped): its pid may belong to another process by now.
             return;
         }
         let _ = Command::new("kill")
@@ -152,12 +157,6 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
     std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
     let log = root.join(format!("{name}.log"));
-    // A restarted node appends to the same log.
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap_or_else(|e| panic!("{e}"));
     let child = Command::new(barn_bin())
         .arg("--config-dir")
         .arg(&config)
@@ -174,7 +173,13 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
         .env("RUST_LOG", "barn_node=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log_file)
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start barn node: {e}"));
     let mut node = Node {
@@ -182,9 +187,8 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
         config,
         data,
         log,
-        args: extra.to_vec(),
-        root: root.to_path_buf(),
         child,
+        extra: extra.to_vec(),
     };
     node.wait_ready();
     node

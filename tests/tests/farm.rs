@@ -376,3 +376,198 @@ fn a_tie_between_two_replicas_brings_in_a_third_that_decides() {
     assert_eq!(v["verdict"]["minority"], serde_json::json!([liar]), "{v}");
     assert_eq!(v["verdict"]["majority"].as_array().unwrap().len(), 2);
 }
+
+/// Polls `f` every 300 ms until it returns `Some`, for at most `secs`.
+fn poll<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// What `node`'s advert says about why it takes no new work, as `from` sees it.
+fn unavailable_of(from: &barn_tests::farm::Node, node: &str) -> Option<serde_json::Value> {
+    let nodes = json(&from.barn(&["nodes", "--json"]));
+    nodes
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)
+        .map(|n| n["unavailable"].clone())
+}
+
+#[test]
+fn a_paused_volunteer_takes_no_job_even_after_a_restart_until_it_is_resumed() {
+    let mut farm = Farm::start("tiny-x86_64", 1, &[]);
+    let me = farm.volunteers[0].peer_id();
+    let out = farm.volunteers[0].barn(&["pause", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = json(&out);
+    assert_eq!(answer["paused"], true, "{answer}");
+    assert_eq!(answer["unavailable"], serde_json::json!(["paused"]));
+    // Another node hears it from the volunteer's advert, at once rather than in 30 s.
+    poll(15, "the submitter sees the volunteer paused", || {
+        (unavailable_of(&farm.submitter, &me)? == serde_json::json!(["paused"])).then_some(())
+    });
+
+    // The paused state is kept across a restart.
+    farm.volunteers[0].restart();
+    let v = &farm.volunteers[0];
+    assert!(v.data.join("paused").exists());
+    poll(
+        30,
+        "the restarted volunteer advertises itself paused",
+        || (unavailable_of(v, &me)? == serde_json::json!(["paused"])).then_some(()),
+    );
+    poll(60, "the restarted volunteer reconnects", || {
+        let nodes = json(&farm.submitter.barn(&["nodes", "--json"]));
+        nodes
+            .as_array()?
+            .iter()
+            .any(|n| n["node"] == me.as_str() && n["connected"] == true)
+            .then_some(())
+    });
+
+    let p = Project::new(&format!(
+        "{HEAD}[[task]]\nname = \"build\"\nrun = \"mkdir -p out && echo paused-then-resumed > out/file\"\n"
+    ));
+    let out = farm
+        .submitter
+        .barn(&["submit", "--replicas", "1", p.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // The volunteer hears the job (it trusts the project, has the architecture and a free
+    // slot: it would claim it), yet claims nothing while paused.
+    poll(30, "the volunteer hears the job", || {
+        let jobs = json(&v.barn(&["jobs", "--json"]));
+        jobs.as_array()?
+            .iter()
+            .any(|j| j["id"] == id.as_str())
+            .then_some(())
+    });
+    let status = json(&v.barn(&["nodes", "--json"]));
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["is_self"] == true && n["free_slots"] == 1),
+        "{status}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let d = json(&farm.submitter.barn(&["job", &id, "--json"]));
+    assert_eq!(d["job"]["state"], "open", "{d}");
+    assert_eq!(d["leases"], serde_json::json!([]), "{d}");
+    assert_eq!(d["results"], serde_json::json!([]), "{d}");
+
+    let out = v.barn(&["resume"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "resumed: this node takes jobs again\n"
+    );
+    assert!(!v.data.join("paused").exists());
+    poll(15, "the submitter sees the volunteer taking work", || {
+        (unavailable_of(&farm.submitter, &me)? == serde_json::json!([])).then_some(())
+    });
+    let d = poll(240, "the resumed volunteer builds the job", || {
+        let d = json(&farm.submitter.barn(&["job", &id, "--json"]));
+        (d["results"].as_array()?.len() == 1).then_some(d)
+    });
+    assert_eq!(d["results"][0]["node"], me.as_str(), "{d}");
+    assert_eq!(d["results"][0]["status"], "succeeded", "{d}");
+}
+
+#[test]
+fn a_job_stopped_by_barn_pause_stop_is_built_by_another_volunteer() {
+    let farm = Farm::start("tiny-x86_64", 2, &[]);
+    let (a, b) = (&farm.volunteers[0], &farm.volunteers[1]);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    // B is paused first, so that A takes the job.
+    assert!(b.barn(&["pause"]).status.success());
+    poll(15, "the submitter sees B paused", || {
+        (unavailable_of(&farm.submitter, &b_id)? == serde_json::json!(["paused"])).then_some(())
+    });
+    let p = Project::new(&format!(
+        "{HEAD}[[task]]\nname = \"build\"\nrun = \"sleep 15 && mkdir -p out && echo slow > out/file\"\n"
+    ));
+    let out = farm
+        .submitter
+        .barn(&["submit", "--replicas", "1", p.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    poll(60, "A runs the job", || {
+        let jobs = json(&a.barn(&["jobs", "--json"]));
+        let d = json(&farm.submitter.barn(&["job", &id, "--json"]));
+        let leased = d["leases"]
+            .as_array()?
+            .iter()
+            .any(|l| l["node"] == a_id.as_str() && l["state"] == "active");
+        (leased && jobs.as_array()?.iter().any(|j| j["id"] == id.as_str())).then_some(())
+    });
+
+    let out = a.barn(&["pause", "--stop", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = json(&out);
+    assert_eq!(answer["stopped"], serde_json::json!([id]), "{answer}");
+    assert_eq!(answer["running"], serde_json::json!([]), "{answer}");
+    // A hands the replica back at once as an infrastructure error: the lease fails well
+    // before it would lapse, and the replica is free for another volunteer.
+    let d = poll(60, "A's stopped job is reported", || {
+        let d = json(&farm.submitter.barn(&["job", &id, "--json"]));
+        d["leases"]
+            .as_array()?
+            .iter()
+            .any(|l| l["node"] == a_id.as_str() && l["state"] == "failed")
+            .then_some(d)
+    });
+    let a_result = d["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == a_id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no result from A: {d}"));
+    assert_eq!(a_result["status"], "error", "{a_result}");
+
+    assert!(b.barn(&["resume"]).status.success());
+    let d = poll(240, "B builds the job", || {
+        let d = json(&farm.submitter.barn(&["job", &id, "--json"]));
+        d["results"]
+            .as_array()?
+            .iter()
+            .any(|r| r["node"] == b_id.as_str())
+            .then_some(d)
+    });
+    let b_result = d["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == b_id.as_str())
+        .unwrap();
+    assert_eq!(b_result["status"], "succeeded", "{d}");
+    assert_eq!(d["job"]["state"], "complete", "{d}");
+}

@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::types::{
-    ApiError, FetchRequest, FetchResponse, JobDetail, JobView, NodeView, StatusView, SubmitRequest,
-    SubmitResponse,
+    ApiError, FetchRequest, FetchResponse, JobDetail, JobView, NodeView, PauseRequest, PauseView,
+    StatusView, SubmitRequest, SubmitResponse,
 };
 
 /// The largest answer read.
@@ -112,6 +112,16 @@ impl ApiClient {
             node: node.map(str::to_string),
         };
         self.post("/api/fetch", &req)
+    }
+
+    /// `barn pause`: no new jobs; `stop` also stops the running ones.
+    pub fn pause(&self, stop: bool) -> Result<PauseView> {
+        self.post("/api/pause", &PauseRequest { stop })
+    }
+
+    /// `barn resume`.
+    pub fn resume(&self) -> Result<PauseView> {
+        self.post("/api/resume", &serde_json::json!({}))
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

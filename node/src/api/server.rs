@@ -17,6 +17,8 @@
 //! | `GET /api/jobs/{id}` | [`JobDetail`]; 404 for an unknown or ambiguous id |
 //! | `POST /api/submit` | [`SubmitRequest`] → [`SubmitResponse`]; 400 if the node refuses it |
 //! | `POST /api/fetch` | [`FetchRequest`] → [`FetchResponse`]; 502 if no peer delivered it |
+//! | `POST /api/pause` | [`PauseRequest`] → [`PauseView`]; 500 if the paused flag cannot be kept |
+//! | `POST /api/resume` | [`PauseView`]; 500 likewise |
 //! | `GET /api/events` | server-sent events: one [`Event`](crate::api::types::Event) a message, named by its kind |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /` | the web page (`page.html`) |
@@ -41,8 +43,8 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::types::{
-    ApiError, FetchRequest, FetchResponse, JobDetail, JobView, NodeView, StatusView, SubmitRequest,
-    SubmitResponse,
+    ApiError, FetchRequest, FetchResponse, JobDetail, JobView, NodeView, PauseRequest, PauseView,
+    StatusView, SubmitRequest, SubmitResponse,
 };
 use crate::daemon::handle::{Gone, NodeHandle};
 
@@ -96,6 +98,8 @@ fn router(state: AppState) -> Router {
         .route("/api/jobs/{id}", get(job))
         .route("/api/submit", post(submit))
         .route("/api/fetch", post(fetch))
+        .route("/api/pause", post(pause))
+        .route("/api/resume", post(resume))
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -294,6 +298,26 @@ async fn fetch(
         .await?
         .map(Json)
         .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))
+}
+
+async fn pause(
+    State(s): State<AppState>,
+    body: Result<Json<PauseRequest>, JsonRejection>,
+) -> ApiResult<PauseView> {
+    let Json(req) = body?;
+    s.handle
+        .pause(req.stop)
+        .await?
+        .map(Json)
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+async fn resume(State(s): State<AppState>) -> ApiResult<PauseView> {
+    s.handle
+        .resume()
+        .await?
+        .map(Json)
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,6 +544,8 @@ mod tests {
                         free_slots: 3,
                         accel: "tcg".into(),
                         images: BTreeMap::new(),
+                        paused: false,
+                        unavailable: vec![],
                     });
                 }
                 Command::Nodes(r) => {
@@ -538,6 +564,7 @@ mod tests {
                         last_seen: 1,
                         agreements: 5,
                         disagreements: 1,
+                        unavailable: vec![],
                     };
                     let _ = r.send(vec![node("12D3KooWselfnode"), node("12D3KooWother\"1")]);
                 }
@@ -577,6 +604,17 @@ mod tests {
                 }
                 Command::Fetch { reply, .. } => {
                     let _ = reply.send(Err("no peer has the blob".into()));
+                }
+                Command::Pause { stop, reply } => {
+                    let _ = reply.send(Ok(PauseView {
+                        paused: true,
+                        stopped: if stop { vec![job_id()] } else { vec![] },
+                        running: if stop { vec![] } else { vec![job_id()] },
+                        unavailable: vec!["paused".into()],
+                    }));
+                }
+                Command::Resume(reply) => {
+                    let _ = reply.send(Err("failed to remove /data/paused".into()));
                 }
             }
         }
@@ -784,6 +822,30 @@ mod tests {
         let (code, body) = raw(s.addr, &head, br#"{"envelope":"xyz"}"#.to_vec()).await;
         assert_eq!(code, 400);
         assert!(body.contains("not hex"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn pause_and_resume_reach_the_actor_and_map_errors() {
+        let s = start().await;
+        let addr = s.addr.to_string();
+        let (finish, stop, resumed) = tokio::task::spawn_blocking(move || {
+            let c = ApiClient::new(&addr, TOKEN);
+            (c.pause(false), c.pause(true), c.resume())
+        })
+        .await
+        .unwrap();
+        let finish = finish.unwrap();
+        assert!(finish.paused && finish.stopped.is_empty());
+        assert_eq!(finish.running, vec![job_id()]);
+        assert_eq!(stop.unwrap().stopped, vec![job_id()]);
+        assert_eq!(
+            resumed.unwrap_err().to_string(),
+            "failed to remove /data/paused"
+        );
+        let head = format!("POST /api/resume HTTP/1.1\r\n{}", auth());
+        assert_eq!(raw(s.addr, &head, vec![]).await.0, 500);
+        let head = "POST /api/pause HTTP/1.1\r\nContent-Type: application/json";
+        assert_eq!(raw(s.addr, head, b"{}".to_vec()).await.0, 401);
     }
 
     #[tokio::test]

@@ -18,6 +18,13 @@ pub struct StatusView {
     pub accel: String,
     /// name → `b3:` hash.
     pub images: BTreeMap<String, String>,
+    /// The owner ran `barn pause` (kept across restarts). Absent from older nodes: `false`.
+    #[serde(default)]
+    pub paused: bool,
+    /// Why the node claims no new job now (`paused`, `outside_schedule`,
+    /// `over_load_limit`); empty: it takes work. Absent from older nodes: empty.
+    #[serde(default)]
+    pub unavailable: Vec<String>,
 }
 
 /// A node known from its adverts (or this node itself).
@@ -39,6 +46,30 @@ pub struct NodeView {
     pub last_seen: u64,
     pub agreements: u64,
     pub disagreements: u64,
+    /// Why the node's last advert says it claims no new job (`paused`, `outside_schedule`,
+    /// `over_load_limit`); empty: it takes work (also for an advert from an older barn).
+    #[serde(default)]
+    pub unavailable: Vec<String>,
+}
+
+/// `POST /api/pause` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PauseRequest {
+    /// Also stop the jobs running now instead of letting them finish.
+    #[serde(default)]
+    pub stop: bool,
+}
+
+/// `POST /api/pause` and `POST /api/resume` answer: where the node stands afterwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PauseView {
+    pub paused: bool,
+    /// `b3:` ids of the jobs this request stopped (`barn pause --stop`).
+    pub stopped: Vec<String>,
+    /// `b3:` ids of the jobs still running, which are let finish.
+    pub running: Vec<String>,
+    /// Why the node claims no new job now; empty: it takes work.
+    pub unavailable: Vec<String>,
 }
 
 /// One job, in a list.

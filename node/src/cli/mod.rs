@@ -13,6 +13,7 @@ pub mod key;
 mod node;
 mod nodes;
 mod pack;
+mod pause;
 mod run;
 mod submit;
 mod verify;
@@ -88,6 +89,11 @@ enum Command {
     Run(run::RunArgs),
     /// Run a volunteer node (the daemon) until SIGINT or SIGTERM.
     Node(node::NodeArgs),
+    /// Stop the running node from taking new jobs, until `barn resume` (kept across
+    /// restarts). A running job finishes unless --stop is given.
+    Pause(pause::PauseArgs),
+    /// Let the running node take jobs again (within its schedule and load limit).
+    Resume(pause::ResumeArgs),
     /// Check every signature of a job's results here and print the verdict.
     Verify(verify::VerifyArgs),
     /// Sign DIR's job with the project key and hand it to the local node to coordinate.
@@ -116,6 +122,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Image(cmd) => image::run(cmd, &dirs),
         Command::Run(a) => run::run(a, &dirs),
         Command::Node(a) => node::run(a, &dirs),
+        Command::Pause(a) => pause::run_pause(a, &dirs),
+        Command::Resume(a) => pause::run_resume(a, &dirs),
         Command::Submit(a) => submit::run(a, &dirs),
         Command::Verify(a) => verify::run(a, &dirs),
         Command::Demo(a) => demo::run(a, &dirs),

@@ -52,6 +52,7 @@ fn nodes_table(nodes: &[NodeView], now: u64) -> String {
                 n.cpus.to_string(),
                 show_size(n.memory_bytes),
                 format!("{}/{}", n.free_slots, n.total_slots),
+                taking_work(&n.unavailable),
                 n.images.keys().cloned().collect::<Vec<_>>().join(","),
                 format!("{}/{}", n.agreements, n.disagreements),
                 if n.is_self {
@@ -69,12 +70,22 @@ fn nodes_table(nodes: &[NodeView], now: u64) -> String {
             "CPUS",
             "MEMORY",
             "SLOTS",
+            "WORK",
             "IMAGES",
             "REPUTATION",
             "LAST SEEN",
         ],
         &rows,
     )
+}
+
+/// The WORK column: `yes`, or why the node's advert says it takes no new job.
+fn taking_work(unavailable: &[String]) -> String {
+    if unavailable.is_empty() {
+        "yes".into()
+    } else {
+        unavailable.join(",").replace('_', " ")
+    }
 }
 
 #[cfg(test)]
@@ -98,14 +109,11 @@ mod tests {
             last_seen: 988,
             agreements: 4,
             disagreements: 1,
+            unavailable: vec![],
         };
-        let t = nodes_table(
-            &[
-                node("12D3KooWselfself", true),
-                node("12D3KooWotherone", false),
-            ],
-            1000,
-        );
+        let mut other = node("12D3KooWotherone", false);
+        other.unavailable = vec!["paused".into(), "outside_schedule".into()];
+        let t = nodes_table(&[node("12D3KooWselfself", true), other], 1000);
         let lines: Vec<_> = t.lines().collect();
         assert!(lines[0].starts_with("NODE"));
         assert!(lines[1].starts_with("selfself*"), "{t}");
@@ -118,5 +126,8 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].contains("4/1"), "{t}");
+        assert!(lines[0].contains("WORK"), "{t}");
+        assert!(lines[1].contains(" yes "), "{t}");
+        assert!(lines[2].contains(" paused,outside schedule "), "{t}");
     }
 }

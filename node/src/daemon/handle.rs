@@ -4,7 +4,9 @@
 use barn_protocol::ContentHash;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::api::types::{Event, FetchResponse, JobDetail, JobView, NodeView, StatusView};
+use crate::api::types::{
+    Event, FetchResponse, JobDetail, JobView, NodeView, PauseView, StatusView,
+};
 
 /// Events kept for a slow subscriber before it misses some.
 pub const EVENT_BUFFER: usize = 256;
@@ -25,6 +27,14 @@ pub enum Command {
         node: Option<String>,
         reply: oneshot::Sender<Result<FetchResponse, String>>,
     },
+    /// `barn pause`: claim no new job until resumed, across restarts; with `stop`, also
+    /// cancel the jobs running now (their leases are released as infrastructure errors).
+    Pause {
+        stop: bool,
+        reply: oneshot::Sender<Result<PauseView, String>>,
+    },
+    /// `barn resume`: take work again (if the schedule and load limit allow).
+    Resume(oneshot::Sender<Result<PauseView, String>>),
 }
 
 /// The handle.
@@ -87,5 +97,11 @@ impl NodeHandle {
     ) -> Result<Result<FetchResponse, String>, Gone> {
         self.call(|reply| Command::Fetch { hash, node, reply })
             .await
+    }
+    pub async fn pause(&self, stop: bool) -> Result<Result<PauseView, String>, Gone> {
+        self.call(|reply| Command::Pause { stop, reply }).await
+    }
+    pub async fn resume(&self) -> Result<Result<PauseView, String>, Gone> {
+        self.call(Command::Resume).await
     }
 }

@@ -4,10 +4,12 @@
 //!
 //! Data dir layout: `node.key`, `barn.db` (SQLite, WAL), `blobs/` (content-addressed:
 //! sources, images as tars, artifacts, logs), `images/`, `work/` (VM scratch), `jobs/`
-//! (each job's log and artifacts on this volunteer), `api.addr` and `api.token`.
+//! (each job's log and artifacts on this volunteer), `api.addr` and `api.token`, and
+//! `paused` while the owner has paused the node ([`owner::PauseFile`]).
 
 pub mod actor;
 pub mod handle;
+pub mod owner;
 mod views;
 mod work;
 
@@ -95,6 +97,10 @@ pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationTok
         .with_context(|| format!("failed to create {}", dirs.data.display()))?;
     clean_temporary_files(&dirs.data);
     let key = node_key(&dirs)?;
+    let paused = owner::PauseFile::new(&dirs.data).load()?;
+    if paused {
+        info!("paused by the owner: no new jobs until `barn resume`");
+    }
     let db = Db::open(&dirs.data.join("barn.db")).context("failed to open the node database")?;
     let blobs =
         BlobStore::open(dirs.data.join("blobs")).context("failed to open the blob store")?;
@@ -173,6 +179,7 @@ pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationTok
         accel,
         swarm,
         control,
+        paused,
     });
     let result = actor.run(cmd_rx, cancel).await;
     api_cancel.cancel();

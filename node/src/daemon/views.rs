@@ -26,6 +26,8 @@ pub fn status(a: &Actor) -> StatusView {
             .into_iter()
             .map(|i| (i.name, i.hash.to_string()))
             .collect(),
+        paused: a.paused(),
+        unavailable: a.unavailable_words(),
     }
 }
 
@@ -63,6 +65,7 @@ pub fn nodes(a: &Actor) -> Vec<NodeView> {
             last_seen: rec.last_seen,
             agreements: rec.agreements,
             disagreements: rec.disagreements,
+            unavailable: m.unavailable.iter().map(|u| u.word().to_string()).collect(),
         });
     }
     out.sort_by(|x, y| y.is_self.cmp(&x.is_self).then(x.node.cmp(&y.node)));

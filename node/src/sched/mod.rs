@@ -13,8 +13,10 @@
 //!                            │ infrastructure error       ▶ Failed  (likewise)
 //! ```
 
+pub mod availability;
 pub mod coordinator;
 pub mod volunteer;
+pub mod window;
 
 #[cfg(test)]
 mod tests;

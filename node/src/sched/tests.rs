@@ -30,6 +30,8 @@ struct Harness {
     /// Nodes whose fake runner writes other bytes than the rest.
     odd: BTreeSet<NodeId>,
     reputation: BTreeMap<NodeId, coordinator::Reputation>,
+    /// Volunteers' actions made between steps (by an owner's change), routed at the next.
+    queued: Vec<(usize, Action)>,
 }
 
 fn caps(archs: &[&str], mem_mib: u64, slots: u32) -> Capabilities {
@@ -58,7 +60,14 @@ impl Harness {
             unrevealed: Vec::new(),
             odd: BTreeSet::new(),
             reputation: BTreeMap::new(),
+            queued: Vec::new(),
         }
+    }
+
+    /// The owner's conditions of volunteer `i` changed (what the actor does every second).
+    fn set_unavailable(&mut self, i: usize, why: Vec<Unavailable>) {
+        let actions = self.volunteers[i].set_unavailable(why, self.now);
+        self.queued.extend(actions.into_iter().map(|a| (i, a)));
     }
 
     fn trust_all(&self) -> Trust {
@@ -117,7 +126,7 @@ impl Harness {
         self.now += secs;
         let submitter = SubmitterId(self.submitter.public());
         let open = self.coordinator.open_jobs(self.now);
-        let mut actions: Vec<(usize, Action)> = Vec::new();
+        let mut actions: Vec<(usize, Action)> = std::mem::take(&mut self.queued);
         for (i, v) in self.volunteers.iter_mut().enumerate() {
             if self.gone.contains(&v.me) {
                 continue;
@@ -499,4 +508,66 @@ fn a_tie_gets_one_more_replica_when_the_job_allows_it() {
     }
     assert!(h.ran(&job).contains(&c));
     assert!(h.coordinator.job(&job).unwrap().complete());
+}
+
+#[test]
+fn a_volunteer_that_is_not_taking_work_claims_nothing_until_it_is_again() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    let v = h.add_volunteer(1, caps(&["x86_64"], 1024, 1), t);
+    h.set_unavailable(0, vec![Unavailable::Paused, Unavailable::OutsideSchedule]);
+    let job = h.submit("x86_64", 256, 1);
+    for _ in 0..10 {
+        h.step(1);
+    }
+    // The job matches and a slot is free: only the owner's conditions hold it back.
+    assert_eq!(h.volunteers[0].free_slots(), 1);
+    assert_eq!(h.coordinator.job(&job).unwrap().held(), 0);
+    assert!(h.ran(&job).is_empty());
+    let state = h.volunteers[0].state(&job).cloned();
+    assert!(
+        matches!(state, Some(volunteer::State::Waiting { why: Some(ref w), .. })
+            if w == "not taking work: paused by its owner, outside its schedule"),
+        "{state:?}"
+    );
+    // One reason gone is not enough.
+    h.set_unavailable(0, vec![Unavailable::OutsideSchedule]);
+    h.step(1);
+    h.step(1);
+    assert_eq!(h.coordinator.job(&job).unwrap().held(), 0);
+    // Available again: it claims at once, without waiting for a retry.
+    h.set_unavailable(0, vec![]);
+    assert!(matches!(
+        h.volunteers[0].state(&job),
+        Some(volunteer::State::Claiming { .. })
+    ));
+    h.step(1);
+    h.step(1);
+    assert_eq!(h.ran(&job), vec![v]);
+}
+
+#[test]
+fn a_job_its_owner_stops_goes_to_another_volunteer() {
+    let mut h = Harness::new();
+    let t = h.trust_all();
+    let a = h.add_volunteer(1, caps(&["x86_64"], 1024, 1), t.clone());
+    let b = h.add_volunteer(2, caps(&["x86_64"], 1024, 1), t);
+    h.set_unavailable(1, vec![Unavailable::OverLoadLimit]);
+    let job = h.submit("x86_64", 256, 1);
+    h.step(1);
+    assert_eq!(h.coordinator.job(&job).unwrap().leases[0].node, a);
+    // `barn pause --stop` on A: no new claims, and its VM is cancelled, which the runner
+    // reports as an infrastructure error. B's load has come down meanwhile.
+    h.set_unavailable(0, vec![Unavailable::Paused]);
+    h.fail_with_error.insert(a);
+    h.set_unavailable(1, vec![]);
+    for _ in 0..4 {
+        h.step(1);
+    }
+    assert_eq!(
+        h.coordinator.job(&job).unwrap().leases[0].state,
+        coordinator::LeaseState::Failed
+    );
+    assert_eq!(h.ran(&job), vec![b]);
+    assert_eq!(h.volunteers[0].state(&job), Some(&volunteer::State::Done));
 }

@@ -1,9 +1,15 @@
 //! The volunteer's side: remember announced jobs, claim those that match while slots are
-//! free, start the ones granted, retry the denied later.
+//! free and the owner lets it take work, start the ones granted, retry the denied later.
+//!
+//! Whether the owner lets it take work (not paused, inside its schedule, under its load
+//! limit) is an input, [`Volunteer::set_unavailable`], decided by
+//! [`availability`](super::availability) from what the actor reads. While unavailable, no
+//! new claim is sent; a claim already sent is still honoured when granted (it went out
+//! while the node was available, and a grant is normally a round trip away).
 
 use std::collections::BTreeMap;
 
-use barn_protocol::message::{GrantDecision, Job, JobId, LeaseId};
+use barn_protocol::message::{GrantDecision, Job, JobId, LeaseId, Unavailable};
 use barn_protocol::{NodeId, SubmitterId};
 
 use super::{Capabilities, Mismatch, Trust, matches};
@@ -57,6 +63,8 @@ pub struct Volunteer {
     pub caps: Capabilities,
     pub trust: Trust,
     jobs: BTreeMap<JobId, Known>,
+    /// Why the owner's conditions forbid new claims now; empty: claims are allowed.
+    unavailable: Vec<Unavailable>,
 }
 
 impl Volunteer {
@@ -66,7 +74,20 @@ impl Volunteer {
             caps,
             trust,
             jobs: BTreeMap::new(),
+            unavailable: Vec::new(),
         }
+    }
+
+    /// Why no new job is claimed now (empty: the node takes work).
+    pub fn unavailable(&self) -> &[Unavailable] {
+        &self.unavailable
+    }
+
+    /// The owner's conditions changed: `why` is empty when the node may take work again.
+    /// Returns the claims that become possible.
+    pub fn set_unavailable(&mut self, why: Vec<Unavailable>, now: u64) -> Vec<Action> {
+        self.unavailable = why;
+        self.poll(now)
     }
 
     /// Jobs claimed or running: they hold slots.
@@ -168,6 +189,16 @@ impl Volunteer {
                     why: Some("claim timed out".into()),
                 };
             }
+        }
+        if !self.unavailable.is_empty() {
+            let why: Vec<String> = self.unavailable.iter().map(|u| u.to_string()).collect();
+            let why = format!("not taking work: {}", why.join(", "));
+            for k in self.jobs.values_mut() {
+                if let State::Waiting { why: w, .. } = &mut k.state {
+                    *w = Some(why.clone());
+                }
+            }
+            return out;
         }
         let mut free = self.free_slots();
         // Oldest jobs first.

@@ -164,6 +164,10 @@ impl Actor {
         });
         if self.coordinator.job(&m.job).is_some_and(|j| j.complete()) {
             self.on_complete(m.job);
+        } else if state == LeaseState::Failed {
+            // The replica is free again (a VM that failed, or a volunteer whose owner
+            // stopped it): announce now rather than at the next interval.
+            self.announce(&m.job);
         }
         Ok(())
     }

@@ -5,6 +5,11 @@
 //! one-second tick. Each becomes a call to a mostly synchronous handler; anything slow
 //! (VMs, blob transfers) runs in its own task and reports back through `internal`.
 //!
+//! Once a second, and at once on `barn pause`/`barn resume`, the owner's conditions (the
+//! paused flag, `node.schedule`, `node.max_load`) are read into
+//! [`sched::availability`](crate::sched::availability); a change reaches the volunteer's
+//! scheduler and is advertised at once.
+//!
 //! ```text
 //!  gossip job ─▶ Volunteer::on_job ─▶ Claim ─rpc─▶ coordinator: Coordinator::on_claim
 //!                                                     │ Grant
@@ -32,15 +37,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::handle::Command;
+use super::owner::{self, PauseFile};
 use super::work::{self, Internal, WorkOutcome};
 use super::{Options, now};
 use crate::api::types::Event;
+use crate::api::types::PauseView;
 use crate::config::Config;
 use crate::dirs::Dirs;
 use crate::net::behaviour::{Behaviour, BehaviourEvent};
 use crate::net::codec::{Request, Response};
 use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, topic};
 use crate::runner::{ImageStore, Runner};
+use crate::sched::availability::{self, Conditions};
 use crate::sched::coordinator::{self, Lease, LeaseState, Reputation};
 use crate::sched::volunteer::Action;
 use crate::sched::{Capabilities, Coordinator, Trust, Volunteer};
@@ -62,6 +70,8 @@ pub struct Parts {
     pub accel: Accel,
     pub swarm: Swarm<Behaviour>,
     pub control: libp2p_stream::Control,
+    /// The owner left the node paused (read from the data dir at start).
+    pub paused: bool,
 }
 
 impl std::fmt::Debug for Parts {
@@ -105,6 +115,8 @@ struct Running {
     coordinator: PeerId,
     phase: Phase,
     log_bytes: u64,
+    /// This job's own token (a child of the node's): `barn pause --stop` cancels it.
+    cancel: CancellationToken,
 }
 
 /// The actor.
@@ -130,6 +142,11 @@ pub struct Actor {
     cancel: CancellationToken,
     /// Builders' provenance signatures from their commitments, until their results arrive.
     provenance: HashMap<(JobId, NodeId), [u8; 64]>,
+    /// The owner's `barn pause`, and where it is kept across restarts.
+    paused: bool,
+    pause_file: PauseFile,
+    /// The load average could not be read once already (said once, not every second).
+    load_unreadable: bool,
 }
 
 impl std::fmt::Debug for Actor {
@@ -161,7 +178,11 @@ impl Actor {
             accept_any: p.cfg.accept_any,
         };
         let (internal_tx, internal_rx) = mpsc::channel(256);
+        let pause_file = PauseFile::new(&p.dirs.data);
         let mut actor = Self {
+            paused: p.paused,
+            pause_file,
+            load_unreadable: false,
             volunteer: Volunteer::new(me, caps, trust),
             coordinator: Coordinator::new(),
             me,
@@ -234,6 +255,7 @@ impl Actor {
         cancel: CancellationToken,
     ) -> Result<()> {
         self.cancel = cancel.clone();
+        self.update_availability(now());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -280,6 +302,7 @@ impl Actor {
                 .db
                 .update_lease(&lease.id, db::LeaseState::Expired, lease.expires);
         }
+        self.update_availability(now);
         let actions = self.volunteer.poll(now);
         self.carry_out(actions);
         if now >= self.last_heartbeat + coordinator::HEARTBEAT_SECS {
@@ -319,10 +342,97 @@ impl Actor {
             addrs: self.p.swarm.listeners().map(|a| a.to_string()).collect(),
             time: now,
             expires: now + 3 * self.p.cfg.advert_interval.as_secs(),
+            unavailable: self.volunteer.unavailable().to_vec(),
         };
         let bytes = Signed::sign(advert, &self.p.key).to_bytes();
         let _ = self.p.db.upsert_node_advert(&self.me, &bytes, now);
         self.publish(TOPIC_ADVERTS, bytes);
+    }
+
+    /// Reads the owner's conditions; a change goes to the volunteer's scheduler (which may
+    /// claim at once) and into an advert at once, so that coordinators see it.
+    fn update_availability(&mut self, now: u64) {
+        let load = match self.p.cfg.max_load {
+            None => None,
+            Some(_) => match owner::load_average() {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    if !self.load_unreadable {
+                        warn!("node.max_load does not apply: {:#}", anyhow::Error::new(e));
+                        self.load_unreadable = true;
+                    }
+                    None
+                }
+            },
+        };
+        let why = availability::unavailable(&Conditions {
+            paused: self.paused,
+            schedule: self.p.cfg.schedule.as_ref(),
+            local: owner::local_now(),
+            max_load: self.p.cfg.max_load,
+            load,
+        });
+        if why.as_slice() == self.volunteer.unavailable() {
+            return;
+        }
+        if why.is_empty() {
+            info!("taking work");
+        } else {
+            let words: Vec<String> = why.iter().map(|u| u.to_string()).collect();
+            info!(load = ?load, "not taking work: {}", words.join(", "));
+        }
+        let actions = self.volunteer.set_unavailable(why, now);
+        self.carry_out(actions);
+        self.advertise();
+    }
+
+    /// `barn pause` (`stop`: `--stop`) and `barn resume`.
+    fn set_paused(&mut self, paused: bool, stop: bool) -> Result<PauseView, String> {
+        let now = now();
+        self.pause_file
+            .store(paused, now)
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+        self.paused = paused;
+        let mut stopped = Vec::new();
+        if paused && stop {
+            for (job, r) in &self.running {
+                if !r.cancel.is_cancelled() {
+                    info!(job = %job.short(), "stopped by the owner (barn pause --stop)");
+                    r.cancel.cancel();
+                    stopped.push(job.to_string());
+                }
+            }
+        }
+        info!(
+            paused,
+            stopped = stopped.len(),
+            "the owner changed the paused flag"
+        );
+        self.update_availability(now);
+        Ok(PauseView {
+            paused,
+            running: self
+                .running
+                .iter()
+                .filter(|(_, r)| !r.cancel.is_cancelled())
+                .map(|(job, _)| job.to_string())
+                .collect(),
+            stopped,
+            unavailable: self.unavailable_words(),
+        })
+    }
+
+    /// Why no new job is claimed now, as words (empty: the node takes work).
+    pub(super) fn unavailable_words(&self) -> Vec<String> {
+        self.volunteer
+            .unavailable()
+            .iter()
+            .map(|u| u.word().to_string())
+            .collect()
+    }
+
+    pub(super) fn paused(&self) -> bool {
+        self.paused
     }
 
     fn publish(&mut self, name: &str, bytes: Vec<u8>) {
@@ -516,6 +626,7 @@ impl Actor {
         self.emit(Event::JobStarted {
             job: job.to_string(),
         });
+        let cancel = self.cancel.child_token();
         self.running.insert(
             job,
             Running {
@@ -523,6 +634,7 @@ impl Actor {
                 coordinator,
                 phase: Phase::Fetching,
                 log_bytes: 0,
+                cancel: cancel.clone(),
             },
         );
         let ctx = work::Context {
@@ -535,7 +647,7 @@ impl Actor {
             out_dir: self.p.dirs.data.join("jobs").join(job.0.to_hex()),
             internal: self.internal_tx.clone(),
             fault_alter_outputs: self.p.opts.fault_alter_outputs,
-            cancel: self.cancel.child_token(),
+            cancel,
         };
         let job_msg = signed.message().clone();
         self.tasks
@@ -812,6 +924,12 @@ impl Actor {
                 let _ = reply.send(self.submit(&bytes));
             }
             Command::Fetch { hash, node, reply } => self.fetch(hash, node, reply),
+            Command::Pause { stop, reply } => {
+                let _ = reply.send(self.set_paused(true, stop));
+            }
+            Command::Resume(reply) => {
+                let _ = reply.send(self.set_paused(false, false));
+            }
         }
     }
 
