@@ -166,6 +166,7 @@ fn envelopes(dir: &Path) -> io::Result<()> {
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             time: 1_700_000_000,
             expires: 1_700_000_090,
+            unavailable: vec![Unavailable::Paused],
         }),
     )?;
     signed(
@@ -231,7 +232,10 @@ fn envelopes(dir: &Path) -> io::Result<()> {
         "build-result-failed",
         sign(build_result(BuildStatus::Failed {
             task: "check".into(),
-            exit_code: 1,
+            exit_code: 137,
+            reason: Some(Failure::OutOfMemory {
+                victim: "cc1".into(),
+            }),
         })),
     )?;
     signed(
