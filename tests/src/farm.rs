@@ -258,6 +258,19 @@ impl Farm {
         farm
     }
 
+    /// Submits the job in `project` through the submitter with one replica, without
+    /// waiting; returns its id.
+    pub fn submit_one(&self, project: &crate::Project) -> String {
+        let dir = project.path().to_str().unwrap_or(".");
+        let out = self.submitter.barn(&["submit", "--replicas", "1", dir]);
+        assert!(
+            out.status.success(),
+            "barn submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Starts one more volunteer (honest, trusting the project key) and waits until the
     /// submitter has heard it.
     pub fn add_volunteer(&mut self) {

@@ -438,15 +438,7 @@ fn a_paused_volunteer_takes_no_job_even_after_a_restart_until_it_is_resumed() {
     let p = Project::new(&format!(
         "{HEAD}[[task]]\nname = \"build\"\nrun = \"mkdir -p out && echo paused-then-resumed > out/file\"\n"
     ));
-    let out = farm
-        .submitter
-        .barn(&["submit", "--replicas", "1", p.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = farm.submit_one(&p);
     // The volunteer hears the job (it trusts the project, has the architecture and a free
     // slot: it would claim it), yet claims nothing while paused.
     poll(30, "the volunteer hears the job", || {
@@ -506,15 +498,7 @@ fn a_job_stopped_by_barn_pause_stop_is_built_by_another_volunteer() {
     let p = Project::new(&format!(
         "{HEAD}[[task]]\nname = \"build\"\nrun = \"sleep 15 && mkdir -p out && echo slow > out/file\"\n"
     ));
-    let out = farm
-        .submitter
-        .barn(&["submit", "--replicas", "1", p.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = farm.submit_one(&p);
     poll(60, "A runs the job", || {
         let jobs = json(&a.barn(&["jobs", "--json"]));
         let d = json(&farm.submitter.barn(&["job", &id, "--json"]));

@@ -254,14 +254,7 @@ fn a_node_killed_mid_job_leaves_no_qemu_and_cleans_up_at_its_next_start() {
     let p = Project::new(&format!(
         "{HEAD}[[task]]\nname = \"wait\"\nrun = \"sleep 100\"\n"
     ));
-    let out = farm
-        .submitter
-        .barn(&["submit", "--replicas", "1", p.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    farm.submit_one(&p);
     let volunteer = &mut farm.volunteers[0];
     let scratch = wait_for(
         "the volunteer's scratch folder",
