@@ -207,9 +207,23 @@ impl Confinement {
 
     /// Makes `cmd` start confined: `memory_bytes` of guest memory, `max_file` the largest
     /// file QEMU may write.
-    pub fn apply(&self, cmd: &mut tokio::process::Command, memory_bytes: u64, max_file: u64) {
+    /// `kvm`: QEMU will open `/dev/kvm`, so under a root node `nobody` keeps the device's
+    /// group (and only that group) when the device grants its group read and write.
+    pub fn apply(
+        &self,
+        cmd: &mut tokio::process::Command,
+        memory_bytes: u64,
+        max_file: u64,
+        kvm: bool,
+    ) {
         let Some(c) = &self.confined else { return };
+        let groups = if kvm && c.drop_to_nobody {
+            device_group(Path::new(KVM_DEVICE))
+        } else {
+            Vec::new()
+        };
         let plan = ChildPlan {
+            groups,
             cgroup_procs: c
                 .cgroup
                 .as_ref()
@@ -250,7 +264,7 @@ impl Confinement {
             return Ok(());
         }
         let mut cmd = tokio::process::Command::new("true");
-        self.apply(&mut cmd, 64 << 20, 1 << 20);
+        self.apply(&mut cmd, 64 << 20, 1 << 20, false);
         let status = spawn_err(cmd.as_std_mut().status())?;
         if !status.success() {
             return Err(ConfineError::Cgroup(format!(
@@ -258,6 +272,19 @@ impl Confinement {
             )));
         }
         Ok(())
+    }
+}
+
+/// The KVM device QEMU opens.
+const KVM_DEVICE: &str = "/dev/kvm";
+
+/// The group that may read and write `device`, as the only supplementary group an
+/// unprivileged QEMU keeps; none when the device grants its group nothing (then a KVM
+/// canary run as `nobody` fails and the node uses TCG, as it must).
+fn device_group(device: &Path) -> Vec<Gid> {
+    match fs::metadata(device) {
+        Ok(m) if m.mode() & 0o060 == 0o060 && m.gid() != 0 => vec![Gid::from_raw(m.gid())],
+        _ => Vec::new(),
     }
 }
 
@@ -664,6 +691,8 @@ mod child {
 
     /// Everything the child needs, prepared (and allocated) before the fork.
     pub(super) struct ChildPlan {
+        /// Supplementary groups kept by `nobody` (the KVM device's group, or none).
+        pub groups: Vec<Gid>,
         pub cgroup_procs: Vec<std::sync::Arc<OwnedFd>>,
         pub rlimits: [(Resource, u64); 4],
         pub new_user_ns: bool,
@@ -708,7 +737,7 @@ mod child {
             step(2, nix::sched::unshare(flags))?;
             if self.drop_to_nobody {
                 let (uid, gid) = (Uid::from_raw(NOBODY), Gid::from_raw(NOBODY));
-                step(3, nix::unistd::setgroups(&[]))?;
+                step(3, nix::unistd::setgroups(&self.groups))?;
                 step(3, nix::unistd::setresgid(gid, gid, gid))?;
                 step(3, nix::unistd::setresuid(uid, uid, uid))?;
             }
@@ -759,6 +788,26 @@ mod tests {
         let t = start_time(me).unwrap();
         assert!(alive(me, t));
         assert!(!alive(me, t + 1));
+    }
+
+    #[test]
+    fn nobody_keeps_only_a_device_group_that_may_use_the_device() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dev = tmp.path().join("kvm");
+        fs::write(&dev, b"").unwrap();
+        std::os::unix::fs::chown(&dev, None, Some(36)).unwrap_or(());
+        let gid = fs::metadata(&dev).unwrap().gid();
+        fs::set_permissions(&dev, fs::Permissions::from_mode(0o660)).unwrap();
+        let expect = if gid == 0 {
+            vec![]
+        } else {
+            vec![Gid::from_raw(gid)]
+        };
+        assert_eq!(device_group(&dev), expect);
+        fs::set_permissions(&dev, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(device_group(&dev), vec![]);
+        assert_eq!(device_group(&tmp.path().join("missing")), vec![]);
     }
 
     #[test]

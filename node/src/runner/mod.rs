@@ -320,7 +320,12 @@ impl Runner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        confinement.apply(&mut cmd, vm.memory_mib << 20, spec.resources.disk_bytes);
+        confinement.apply(
+            &mut cmd,
+            vm.memory_mib << 20,
+            spec.resources.disk_bytes,
+            accel == Accel::Kvm,
+        );
         debug!(?cmd, "starting qemu");
         let mut child = confine::spawn_err(cmd.spawn())
             .map_err(|e| anyhow::anyhow!("failed to start {}: {e:#}", qemu_bin.display()))?;
