@@ -168,6 +168,10 @@ impl Manifest {
         let mut archive = tar::Archive::new(reader);
         let mut members = untar::Members::new(&mut archive)?;
         let mut by_path: BTreeMap<String, Entry> = BTreeMap::new();
+        // The folders above the entries kept, listed or implied.
+        let mut folders: std::collections::BTreeSet<String> = Default::default();
+        // How many of those are also entries (so that none counts twice).
+        let mut listed_folders = 0usize;
         let mut total = 0u64;
         let mut seen = 0usize;
         let mut add_bytes = |size: u64| {
@@ -199,7 +203,19 @@ impl Manifest {
             if path.is_empty() {
                 continue;
             }
-            if by_path.len() >= limits.max_entries {
+            // Every folder a reader creates counts as an entry, listed or not: a file at
+            // depth 500 makes 500 folders, so 10,000 such files would be 5 million.
+            let mut at = path.as_str();
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                if !folders.insert(parent.to_string()) {
+                    break;
+                }
+                if by_path.contains_key(parent) {
+                    listed_folders += 1;
+                }
+                at = parent;
+            }
+            if by_path.len() + folders.len() - listed_folders >= limits.max_entries {
                 return Err(ManifestError::TooManyEntries {
                     limit: limits.max_entries,
                 });
@@ -281,6 +297,9 @@ impl Manifest {
                     kind: format!("{etype:?}").to_lowercase(),
                 });
             };
+            if entry.kind == EntryKind::Dir && folders.contains(&path) {
+                listed_folders += 1;
+            }
             if by_path.insert(path.clone(), entry).is_some() {
                 return Err(ManifestError::Duplicate { path });
             }
@@ -550,6 +569,40 @@ mod tests {
         }
         let ok = tar_with(&[("d/link", tar::EntryType::Symlink, b"", Some("../x"))]);
         assert!(Manifest::from_tar(&ok[..], "", TarLimits::default(), no_sink).is_ok());
+    }
+
+    #[test]
+    fn implied_folders_count_as_entries() {
+        // Two deep files: 2 entries, and the 30 folders above them.
+        let deep = |leaf: &str| format!("{}/{leaf}", vec!["d"; 30].join("/"));
+        let (a, b) = (deep("a"), deep("b"));
+        let t = tar_with(&[
+            (a.as_str(), tar::EntryType::Regular, b"1", None),
+            (b.as_str(), tar::EntryType::Regular, b"2", None),
+        ]);
+        let limits = |max_entries| TarLimits {
+            max_entries,
+            max_total_bytes: 100,
+        };
+        // The shared folders count once.
+        assert!(Manifest::from_tar(&t[..], "", limits(40), no_sink).is_ok());
+        // Listed and implied, a folder counts once.
+        let t = tar_with(&[
+            ("d", tar::EntryType::Directory, b"", None),
+            ("d/d", tar::EntryType::Directory, b"", None),
+            (a.as_str(), tar::EntryType::Regular, b"1", None),
+            (b.as_str(), tar::EntryType::Regular, b"2", None),
+        ]);
+        assert!(Manifest::from_tar(&t[..], "", limits(40), no_sink).is_ok());
+        let other = format!("{}/c", vec!["e"; 30].join("/"));
+        let t = tar_with(&[
+            (a.as_str(), tar::EntryType::Regular, b"1", None),
+            (other.as_str(), tar::EntryType::Regular, b"2", None),
+        ]);
+        assert!(matches!(
+            Manifest::from_tar(&t[..], "", limits(40), no_sink),
+            Err(ManifestError::TooManyEntries { .. })
+        ));
     }
 
     #[test]

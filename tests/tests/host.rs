@@ -96,6 +96,37 @@ fn qemu_is_confined_and_dies_with_its_node() {
         ["65534"; 4],
         "QEMU's uids: {uid}"
     );
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Gid:"), "65534 65534 65534 65534");
+    assert_eq!(field("Groups:"), "", "QEMU kept supplementary groups");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    let limits = std::fs::read_to_string(format!("/proc/{qemu}/limits")).unwrap();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l.split_whitespace()
+                    .rev()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max core file size") && l.contains(" 0 ")),
+        "{limits}"
+    );
+    assert_eq!(limit("Max open files"), "1024", "{limits}");
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     assert_ne!(
         ns(&qemu.to_string()),

@@ -223,6 +223,23 @@ fn console_markers_from_a_task_do_not_extend_its_deadline() {
     );
 }
 
+/// A task floods the console with `barn: ready`, far more markers than the runner queues:
+/// the job still ends at its timeout (the queue never blocks the console pump:
+/// `runner::console` `a_flood_of_markers_never_blocks_the_pump`; no marker moves the
+/// deadline).
+#[test]
+fn a_flood_of_markers_ends_at_the_deadline() {
+    let p = Project::new(&format!(
+        "{}timeout = \"6s\"\n[[task]]\nname = \"flood\"\nrun = \"yes 'barn: ready'\"\n",
+        HEAD.replace("timeout = \"2m\"\n", "")
+    ));
+    ensure_image("tiny-x86_64");
+    let started = std::time::Instant::now();
+    let r = run_job(p.path(), &["--log-cap", "64KiB"]);
+    assert_eq!(r.json["status"], "timed_out", "{}", r.json);
+    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+}
+
 /// A task that allocates more memory than its VM has is reported as out of memory, with
 /// the process the guest kernel killed, not as a generic failure.
 #[test]

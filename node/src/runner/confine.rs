@@ -101,6 +101,9 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ConfineE
 pub struct Confinement {
     /// This run's private scratch folder (removed when the node stops).
     scratch: tempfile::TempDir,
+    /// The parent and the scratch folder as first seen, checked again before every job
+    /// (the folders are reached by path: nobody may have swapped one since).
+    seen: [(PathBuf, FileId); 2],
     /// `None`: unconfined (the owner's explicit choice).
     confined: Option<Confined>,
 }
@@ -132,6 +135,7 @@ impl Confinement {
         if !root {
             fs::create_dir_all(work_dir).map_err(io_err("create", work_dir))?;
         }
+        check_ancestors(&parent)?;
         ensure_private_parent(&parent, if root { 0o711 } else { 0o700 })?;
         clean_earlier_runs(&parent, work_dir);
         let scratch = tempfile::Builder::new()
@@ -139,6 +143,14 @@ impl Confinement {
             .tempdir_in(&parent)
             .map_err(io_err("create a scratch folder in", &parent))?;
         chmod_dir(scratch.path(), 0o711)?;
+        let seen = [
+            (parent.clone(), FileId::of(&parent)?),
+            (scratch.path().to_path_buf(), FileId::of(scratch.path())?),
+        ];
+        // Written before the cgroup exists and again with it, so that a crash at any point
+        // leaves the next start what it needs to clean up.
+        let owner_path = scratch.path().join("owner");
+        Owner::me(work_dir, None).write(&owner_path)?;
         let confined = if unconfined {
             warn!(
                 "node.unconfined = true: QEMU runs WITHOUT its confinement (no network namespace, \
@@ -170,9 +182,14 @@ impl Confinement {
             .as_ref()
             .and_then(|c| c.cgroup.as_ref())
             .map(|c| c.dirs.clone());
-        let owner = Owner::me(work_dir, cgroups);
-        owner.write(&scratch.path().join("owner"))?;
-        let this = Self { scratch, confined };
+        if cgroups.is_some() {
+            Owner::me(work_dir, cgroups).write(&owner_path)?;
+        }
+        let this = Self {
+            scratch,
+            seen,
+            confined,
+        };
         this.probe()?;
         Ok(this)
     }
@@ -197,6 +214,14 @@ impl Confinement {
 
     /// A fresh folder for one job, traversable by QEMU's user.
     pub fn job_dir(&self) -> Result<tempfile::TempDir, ConfineError> {
+        for (path, id) in &self.seen {
+            if FileId::of(path).ok().as_ref() != Some(id) {
+                return Err(ConfineError::UnsafeScratch {
+                    path: path.clone(),
+                    why: "it was replaced since the node started".into(),
+                });
+            }
+        }
         let dir = tempfile::Builder::new()
             .prefix("job-")
             .tempdir_in(self.scratch.path())
@@ -283,9 +308,18 @@ const KVM_DEVICE: &str = "/dev/kvm";
 /// canary run as `nobody` fails and the node uses TCG, as it must).
 fn device_group(device: &Path) -> Vec<Gid> {
     match fs::metadata(device) {
-        Ok(m) if m.mode() & 0o060 == 0o060 && m.gid() != 0 => vec![Gid::from_raw(m.gid())],
+        Ok(m) if m.mode() & 0o060 == 0o060 && is_kvm_group(m.gid()) => {
+            vec![Gid::from_raw(m.gid())]
+        }
         _ => Vec::new(),
     }
+}
+
+/// Only a group named `kvm` is kept: a device given to a broad group (`disk`, `users`)
+/// would hand QEMU that group's other rights too.
+fn is_kvm_group(gid: u32) -> bool {
+    nix::unistd::Group::from_gid(Gid::from_raw(gid))
+        .is_ok_and(|g| g.is_some_and(|g| g.name == "kvm"))
 }
 
 /// Maps a spawn error into the confinement step that failed, when it came from
@@ -304,6 +338,81 @@ pub fn spawn_err<T>(r: io::Result<T>) -> Result<T, ConfineError> {
     })
 }
 
+/// What a folder is, as `lstat` sees it: device, inode, owner and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    uid: u32,
+    mode: u32,
+}
+
+impl FileId {
+    /// A directory, not a link, owned by this user and writable by no one else.
+    fn of(path: &Path) -> Result<Self, ConfineError> {
+        let meta = fs::symlink_metadata(path).map_err(io_err("inspect", path))?;
+        let unsafe_because = |why: String| ConfineError::UnsafeScratch {
+            path: path.to_path_buf(),
+            why,
+        };
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_because("it is a symbolic link".into()));
+        }
+        if !meta.is_dir() {
+            return Err(unsafe_because("it is not a directory".into()));
+        }
+        let me = Uid::effective().as_raw();
+        if meta.uid() != me {
+            return Err(unsafe_because(format!(
+                "it is owned by uid {}, not {me} (another user made it first)",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(unsafe_because(format!(
+                "its mode {:o} lets others write in it",
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            uid: meta.uid(),
+            mode: meta.mode(),
+        })
+    }
+}
+
+/// Every folder above `path` must be owned by root or this user, and one that others may
+/// write in must be sticky (as `/tmp` is), so no one else can rename the folders below.
+fn check_ancestors(path: &Path) -> Result<(), ConfineError> {
+    let me = Uid::effective().as_raw();
+    for dir in path
+        .ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        let meta = fs::metadata(dir).map_err(io_err("inspect", dir))?;
+        let unsafe_because = |why: String| ConfineError::UnsafeScratch {
+            path: dir.to_path_buf(),
+            why,
+        };
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(unsafe_because(format!(
+                "it is owned by uid {}, who could swap the scratch folder below it",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(unsafe_because(format!(
+                "its mode {:o} lets others rename what is in it (it is not sticky)",
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Makes `path` if missing (with `mode`), then checks it with `lstat`: a directory, not a
 /// link, owned by this user, writable by no one else.
 fn ensure_private_parent(path: &Path, mode: u32) -> Result<(), ConfineError> {
@@ -312,31 +421,7 @@ fn ensure_private_parent(path: &Path, mode: u32) -> Result<(), ConfineError> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_err("create", path)(e)),
     }
-    let unsafe_because = |why: String| ConfineError::UnsafeScratch {
-        path: path.to_path_buf(),
-        why,
-    };
-    let meta = fs::symlink_metadata(path).map_err(io_err("inspect", path))?;
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_because("it is a symbolic link".into()));
-    }
-    if !meta.is_dir() {
-        return Err(unsafe_because("it is not a directory".into()));
-    }
-    let me = Uid::effective().as_raw();
-    if meta.uid() != me {
-        return Err(unsafe_because(format!(
-            "it is owned by uid {}, not {me} (another user made it first)",
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(unsafe_because(format!(
-            "its mode {:o} lets others write in it",
-            meta.mode() & 0o7777
-        )));
-    }
-    Ok(())
+    FileId::of(path).map(drop)
 }
 
 /// Opens `path` without following a link in its last component.
@@ -444,12 +529,16 @@ impl Owner {
         for c in &self.cgroups {
             text.push_str(&format!("{}\n", c.display()));
         }
+        // A new file renamed over the earlier one: the file is always whole.
+        let tmp = path.with_extension("new");
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(path)
-            .map_err(io_err("create", path))?;
-        f.write_all(text.as_bytes()).map_err(io_err("write", path))
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        f.write_all(text.as_bytes())
+            .map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("rename", &tmp))
     }
 
     fn parse(text: &str) -> Option<Self> {
@@ -565,9 +654,26 @@ impl Cgroup {
                     ))
                 })?;
                 let dir = base.join(name);
-                fs::create_dir(&dir).map_err(io_err("create the cgroup", &dir))?;
-                for (file, value) in files {
-                    write_cg(&dir.join(file), &value)?;
+                let made = fs::create_dir(&dir)
+                    .map_err(io_err("create the cgroup", &dir))
+                    .and_then(|()| {
+                        for (file, value) in &files {
+                            write_cg(&dir.join(file), value)?;
+                        }
+                        // Swap counted too where the kernel accounts it, so VMs over
+                        // their memory are stopped, not swapped out.
+                        let memsw = dir.join("memory.memsw.limit_in_bytes");
+                        if controller == "memory" && memsw.exists() {
+                            write_cg(&memsw, &memory.to_string())?;
+                        }
+                        Ok(())
+                    });
+                if let Err(e) = made {
+                    // No half-made cgroup is left behind.
+                    for d in dirs.iter().chain([&dir]).rev() {
+                        let _ = fs::remove_dir(d);
+                    }
+                    return Err(e);
                 }
                 dirs.push(dir);
             }
@@ -623,10 +729,19 @@ impl Cgroup {
         }
         let dir = base.join(name);
         fs::create_dir(&dir).map_err(io_err("create the cgroup", &dir))?;
-        write_cg(&dir.join("memory.max"), &memory.to_string())?;
-        write_cg(&dir.join("memory.swap.max"), "0").ok();
-        write_cg(&dir.join("pids.max"), &pids.to_string())?;
-        write_cg(&dir.join("cpu.max"), &format!("{quota} 100000"))?;
+        let limits = || -> Result<(), ConfineError> {
+            write_cg(&dir.join("memory.max"), &memory.to_string())?;
+            let swap = dir.join("memory.swap.max");
+            if swap.exists() {
+                write_cg(&swap, "0")?;
+            }
+            write_cg(&dir.join("pids.max"), &pids.to_string())?;
+            write_cg(&dir.join("cpu.max"), &format!("{quota} 100000"))
+        };
+        if let Err(e) = limits() {
+            let _ = fs::remove_dir(&dir);
+            return Err(e);
+        }
         Ok(dir)
     }
 
@@ -796,18 +911,56 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dev = tmp.path().join("kvm");
         fs::write(&dev, b"").unwrap();
-        std::os::unix::fs::chown(&dev, None, Some(36)).unwrap_or(());
-        let gid = fs::metadata(&dev).unwrap().gid();
         fs::set_permissions(&dev, fs::Permissions::from_mode(0o660)).unwrap();
-        let expect = if gid == 0 {
-            vec![]
-        } else {
-            vec![Gid::from_raw(gid)]
-        };
-        assert_eq!(device_group(&dev), expect);
-        fs::set_permissions(&dev, fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(device_group(&dev), vec![]);
+        // A broad group (here `users`, gid 100, where this user may give files to it) is
+        // never kept, even with access to the device.
+        if std::os::unix::fs::chown(&dev, None, Some(100)).is_ok() {
+            assert_eq!(device_group(&dev), vec![]);
+        }
+        // The kvm group, where the machine has one, is.
+        if let Some(g) = nix::unistd::Group::from_name("kvm").ok().flatten()
+            && std::os::unix::fs::chown(&dev, None, Some(g.gid.as_raw())).is_ok()
+        {
+            assert_eq!(device_group(&dev), vec![g.gid]);
+            fs::set_permissions(&dev, fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(device_group(&dev), vec![]);
+        }
+        assert!(!is_kvm_group(0), "root's group is never kept");
         assert_eq!(device_group(&tmp.path().join("missing")), vec![]);
+    }
+
+    #[test]
+    fn a_scratch_folder_replaced_after_start_is_refused() {
+        let work = tempfile::tempdir().unwrap();
+        let totals = Totals {
+            vms: 1,
+            cpus: 1,
+            memory_bytes: 1 << 30,
+        };
+        // Unconfined: no cgroup or probe, just the scratch folder.
+        let c = Confinement::prepare(work.path(), totals, true).unwrap();
+        drop(c.job_dir().unwrap());
+        let scratch = c.scratch.path().to_path_buf();
+        let moved = scratch.with_extension("moved");
+        fs::rename(&scratch, &moved).unwrap();
+        fs::create_dir(&scratch).unwrap();
+        fs::set_permissions(&scratch, fs::Permissions::from_mode(0o711)).unwrap();
+        let err = c.job_dir().unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        fs::remove_dir(&scratch).unwrap();
+        fs::rename(&moved, &scratch).unwrap();
+    }
+
+    #[test]
+    fn ancestors_others_may_rename_in_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_ancestors(&open.join("barn-vm")).unwrap_err();
+        assert!(err.to_string().contains("not sticky"), "{err}");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_ancestors(&open.join("barn-vm")).unwrap();
     }
 
     #[test]

@@ -7,8 +7,7 @@
 
 use std::path::PathBuf;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::ChildStdout;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use barn_protocol::guest::{Mark, parse_mark};
@@ -29,7 +28,7 @@ pub struct ConsoleSummary {
 
 /// Copies the console to `log_path` (up to `cap` bytes), sending marks and log lines.
 pub async fn pump(
-    stdout: Option<ChildStdout>,
+    stdout: Option<impl AsyncRead + Unpin>,
     log_path: PathBuf,
     cap: u64,
     marks: mpsc::Sender<Mark>,
@@ -63,7 +62,9 @@ pub async fn pump(
                     .to_string();
                 line.clear();
                 if let Some(mark) = parse_mark(&text) {
-                    let _ = marks.send(mark).await;
+                    // Markers drive the phase machine; the runner reads them faster than
+                    // a VM prints, and after the run it reads none: never wait on it.
+                    let _ = marks.try_send(mark);
                 }
                 if summary.last_lines.len() == TAIL_LINES {
                     summary.last_lines.remove(0);
@@ -77,4 +78,33 @@ pub async fn pump(
     }
     let _ = log.flush().await;
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A console with far more markers than the runner queues, and a runner that reads
+    /// none of them (as after its loop): the pump still drains the console to its end.
+    #[tokio::test]
+    async fn a_flood_of_markers_never_blocks_the_pump() {
+        let lines = "barn: ready\n".repeat(20_000);
+        let dir = tempfile::tempdir().unwrap();
+        let (marks, _unread) = mpsc::channel(256);
+        let (events, _unread_events) = mpsc::channel(16);
+        let pumped = pump(
+            Some(lines.as_bytes()),
+            dir.path().join("log"),
+            1 << 20,
+            marks,
+            events,
+        );
+        let summary = tokio::time::timeout(std::time::Duration::from_secs(10), pumped)
+            .await
+            .expect("the pump finished");
+        assert_eq!(
+            summary.last_lines.last().map(String::as_str),
+            Some("barn: ready")
+        );
+    }
 }

@@ -364,6 +364,11 @@ impl Runner {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break Ending::Cancelled,
+                // Before the console: a flood of markers must not starve the deadline.
+                _ = tokio::time::sleep_until(deadline.into()) => break match phases.phase() {
+                    VmPhase::Run | VmPhase::Collect => Ending::TimedOut,
+                    VmPhase::Boot => Ending::BootStuck,
+                },
                 status = child.wait() => {
                     debug!(?status, "qemu exited");
                     break Ending::Exited;
@@ -381,12 +386,11 @@ impl Runner {
                     }
                     Some(Accepted::Result) => emit(Event::Phase(Phase::Collecting)),
                 },
-                _ = tokio::time::sleep_until(deadline.into()) => break match phases.phase() {
-                    VmPhase::Run | VmPhase::Collect => Ending::TimedOut,
-                    VmPhase::Boot => Ending::BootStuck,
-                },
             }
         };
+        // Nobody reads markers any more: the console pump must not wait for room to send
+        // them (a guest printing thousands of markers would hang the run, slot and all).
+        drop(marks);
         if phases.ignored > 0 {
             info!(
                 ignored = phases.ignored,
@@ -422,7 +426,19 @@ impl Runner {
             Ending::BootStuck => BuildStatus::Error {
                 reason: format!("the VM did not boot within {}s", BOOT_DEADLINE.as_secs()),
             },
-            Ending::TimedOut | Ending::Exited => {
+            Ending::TimedOut => {
+                // The outputs of a job that ran out of time are not read (nor written).
+                tasks = std::mem::take(&mut seen_tasks);
+                if let Some((index, t)) = phases.running() {
+                    tasks.push(TaskOutcome {
+                        name: task_name(spec, index),
+                        exit_code: None,
+                        duration_ms: t.elapsed().as_millis() as u64,
+                    });
+                }
+                BuildStatus::TimedOut
+            }
+            Ending::Exited => {
                 let (out, dest, quota) = (
                     output.clone(),
                     artifacts_dir.clone(),
@@ -436,20 +452,8 @@ impl Runner {
                     (st, m)
                 })
                 .await?;
-                match (ending, collected) {
-                    (Ending::TimedOut, _) => {
-                        // Tasks that finished before the timeout, then the one that was running.
-                        tasks = std::mem::take(&mut seen_tasks);
-                        if let Some((index, t)) = phases.running() {
-                            tasks.push(TaskOutcome {
-                                name: task_name(spec, index),
-                                exit_code: None,
-                                duration_ms: t.elapsed().as_millis() as u64,
-                            });
-                        }
-                        BuildStatus::TimedOut
-                    }
-                    (_, (Ok(st), collected)) => {
+                match collected {
+                    (Ok(st), collected) => {
                         tasks = st
                             .tasks
                             .iter()
@@ -494,6 +498,9 @@ impl Runner {
                                 "the output was refused: {why} (quota {})",
                                 barn_protocol::jobfile::show_size(spec.resources.disk_bytes)
                             ));
+                            // Nothing of a refused output stays on the host.
+                            manifest = Manifest::new(Vec::new());
+                            let _ = std::fs::remove_dir_all(&artifacts_dir);
                         }
                         match tasks
                             .iter()
@@ -510,15 +517,11 @@ impl Runner {
                                     })
                                 }),
                             },
-                            None if refused.is_some() => {
-                                manifest = Manifest::new(Vec::new());
-                                let _ = std::fs::remove_dir_all(&artifacts_dir);
-                                BuildStatus::Failed {
-                                    task: OUTPUT_TASK.into(),
-                                    exit_code: 1,
-                                    reason: refused,
-                                }
-                            }
+                            None if refused.is_some() => BuildStatus::Failed {
+                                task: OUTPUT_TASK.into(),
+                                exit_code: 1,
+                                reason: refused,
+                            },
                             None if st.ok == Some(true) && tasks.len() == spec.tasks.len() => {
                                 BuildStatus::Succeeded
                             }
@@ -527,7 +530,7 @@ impl Runner {
                             },
                         }
                     }
-                    (_, (Err(output::OutputError::NoStatus), _)) => {
+                    (Err(output::OutputError::NoStatus), _) => {
                         let last = log.last_lines.join(" | ");
                         let why = if qemu_stderr.trim().is_empty() {
                             last
@@ -543,14 +546,14 @@ impl Runner {
                     }
                     // The tar before the status was hostile (an oversized header, a
                     // sparse member): the job's doing, since only the guest wrote it.
-                    (_, (Err(e @ output::OutputError::Manifest(_)), _)) => BuildStatus::Failed {
+                    (Err(e @ output::OutputError::Manifest(_)), _) => BuildStatus::Failed {
                         task: OUTPUT_TASK.into(),
                         exit_code: 1,
                         reason: Some(Failure::OutputRefused {
                             why: format!("{:#}", anyhow::Error::from(e)),
                         }),
                     },
-                    (_, (Err(e), _)) => BuildStatus::Error {
+                    (Err(e), _) => BuildStatus::Error {
                         reason: format!("{:#}", anyhow::Error::from(e)),
                     },
                 }
