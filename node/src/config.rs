@@ -42,7 +42,7 @@ pub struct Config {
     pub max_timeout: Duration,
     /// `auto`, `kvm` or `tcg`.
     pub accel: String,
-    /// Run QEMU without its confinement (network namespace, cgroup, `nobody`, parent-death
+    /// Run QEMU without its confinement (network namespace, cgroup, a user per VM, parent-death
     /// signal) when it cannot be had; absent or false: such a node runs no job.
     pub unconfined: bool,
     /// How often the node advertises itself.

@@ -58,7 +58,7 @@ fn qemu_in(scratch: &Path) -> Option<(u32, u64)> {
     })
 }
 
-/// QEMU runs as nobody, in a network namespace of its own with only loopback, in the
+/// QEMU runs as a user of its own, in a network namespace of its own with only loopback, in the
 /// node's cgroup with its limits; when the node is killed with SIGKILL mid-job, QEMU dies
 /// with it, and the node's next start removes what the dead run left.
 #[test]
@@ -89,13 +89,27 @@ fn qemu_is_confined_and_dies_with_its_node() {
     let (qemu, started) = wait_for("QEMU", Duration::from_secs(60), || qemu_in(&scratch));
     assert_eq!(start_time(qemu), Some(started));
 
+    // QEMU runs as a user of its own: not root, not `nobody`, gid alike, and the output
+    // disk is that user's.
     let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert_eq!(
-        uid.split_whitespace().skip(1).collect::<Vec<_>>(),
-        ["65534"; 4],
-        "QEMU's uids: {uid}"
-    );
+    let ids: Vec<u32> = uid
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let vm = ids[0];
+    assert!(ids.iter().all(|&i| i == vm), "QEMU's uids: {uid}");
+    assert!(vm >= 0x7000_0000, "QEMU runs as uid {vm}");
+    let job = std::fs::read_dir(&scratch)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("qemu.pid").exists())
+        .unwrap()
+        .path();
+    let disk = std::fs::metadata(job.join("output.img")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((disk.uid(), disk.gid()), (vm, vm));
     let field = |name: &str| {
         status
             .lines()
@@ -103,7 +117,7 @@ fn qemu_is_confined_and_dies_with_its_node() {
             .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
             .unwrap_or_default()
     };
-    assert_eq!(field("Gid:"), "65534 65534 65534 65534");
+    assert_eq!(field("Gid:"), format!("{vm} {vm} {vm} {vm}"));
     assert_eq!(field("Groups:"), "", "QEMU kept supplementary groups");
     assert_eq!(field("NoNewPrivs:"), "1");
     let limits = std::fs::read_to_string(format!("/proc/{qemu}/limits")).unwrap();

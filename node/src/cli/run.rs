@@ -63,7 +63,7 @@ pub struct RunArgs {
     /// Keep the VM's work directory (input and output disks) for debugging.
     #[arg(long)]
     keep_work: bool,
-    /// Run QEMU without its confinement (network namespace, cgroup, `nobody`, parent-death
+    /// Run QEMU without its confinement (network namespace, cgroup, a user per VM, parent-death
     /// signal) if it cannot be had, as `node.unconfined = true` does for a node.
     #[arg(long)]
     unconfined: bool,

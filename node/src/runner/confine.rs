@@ -3,7 +3,7 @@
 //!
 //! - **A private scratch folder per node run.** Made with `mkdtemp` under a parent that is
 //!   checked with `lstat` (a directory, not a link, owned by the node's user, writable by
-//!   no one else): `<tmp>/barn-vm` for a root node (QEMU, running as `nobody`, must
+//!   no one else): `<tmp>/barn-vm` for a root node (QEMU, running as a user of its own, must
 //!   traverse it), `<work>/vm` otherwise. Modes and owners are changed through file
 //!   descriptors opened without following links. A parent pre-created by another user
 //!   is refused, so nobody can swap a job folder for a link that root writes through.
@@ -11,7 +11,8 @@
 //!   syscalls only, in this order: it joins the node's cgroup, gets its rlimits (no core
 //!   dumps, 1024 open files, the output disk's size as the largest file, guest memory plus
 //!   1 GiB of address space), enters a new network namespace that has only a loopback
-//!   interface (with a new user namespace when the node is not root), drops to `nobody`
+//!   interface (with a new user namespace when the node is not root), drops to a user of
+//!   its own (one uid and gid per VM slot, [`VM_ID_BASE`])
 //!   with no groups when the node is root, asks for SIGKILL when the node dies
 //!   (`PR_SET_PDEATHSIG`, set after the user change, which clears it), checks that the node
 //!   did not die in between, and sets no-new-privileges. QEMU's seccomp sandbox comes on
@@ -43,8 +44,12 @@ use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Pid, Uid};
 use tracing::{info, warn};
 
-/// The unprivileged user and group QEMU runs as under a root node.
-pub const NOBODY: u32 = 65534;
+/// The first of the user ids QEMU runs as under a root node: each VM gets its own uid
+/// and gid, `VM_ID_BASE + 256 × (a number drawn from this run's scratch folder, below
+/// 65,536) + a slot`, a range no account or subordinate-id map on a normal system uses,
+/// so that an escape from one VM is a stranger to every other VM, to other nodes' VMs and
+/// to the machine's `nobody` services.
+pub const VM_ID_BASE: u32 = 0x7000_0000;
 
 /// Address space allowed beyond the guest's memory.
 const AS_MARGIN: u64 = 1 << 30;
@@ -110,8 +115,10 @@ pub struct Confinement {
 
 #[derive(Debug)]
 struct Confined {
-    /// QEMU runs as `nobody` (the node is root).
-    drop_to_nobody: bool,
+    /// QEMU runs as a user of its own (the node is root).
+    drop_privileges: bool,
+    /// The user ids free for VMs (one per slot), when `drop_privileges`.
+    free_ids: std::sync::Mutex<Vec<u32>>,
     /// Required for a root node; a node of another user has one only where its cgroup was
     /// delegated to it.
     cgroup: Option<Cgroup>,
@@ -173,8 +180,17 @@ impl Confinement {
                 }
                 Err(e) => return Err(e),
             };
+            // Ids from this run's own block: the scratch folder's random name picks it.
+            let drawn = blake3::hash(scratch.path().as_os_str().as_encoded_bytes());
+            let block = u32::from(u16::from_le_bytes([
+                drawn.as_bytes()[0],
+                drawn.as_bytes()[1],
+            ]));
+            let first = VM_ID_BASE + block * 256;
+            let slots = totals.vms.clamp(1, 255) as u32;
             Some(Confined {
-                drop_to_nobody: root,
+                drop_privileges: root,
+                free_ids: std::sync::Mutex::new((first..first + slots).rev().collect()),
                 cgroup,
             })
         };
@@ -199,9 +215,9 @@ impl Confinement {
         self.confined.is_some()
     }
 
-    /// True when QEMU runs as `nobody` and needs its files staged readable.
+    /// True when QEMU runs as a user of its own and needs its files staged readable.
     pub fn drops_privileges(&self) -> bool {
-        self.confined.as_ref().is_some_and(|c| c.drop_to_nobody)
+        self.confined.as_ref().is_some_and(|c| c.drop_privileges)
     }
 
     /// The node's cgroup folders (one per controller under cgroup v1).
@@ -212,8 +228,9 @@ impl Confinement {
         }
     }
 
-    /// A fresh folder for one job, traversable by QEMU's user.
-    pub fn job_dir(&self) -> Result<tempfile::TempDir, ConfineError> {
+    /// A fresh folder for one job, traversable by QEMU's user, and (under a root node) the
+    /// user id its VM runs as, free again when the folder is dropped.
+    pub fn job_dir(&self) -> Result<JobDir<'_>, ConfineError> {
         for (path, id) in &self.seen {
             if FileId::of(path).ok().as_ref() != Some(id) {
                 return Err(ConfineError::UnsafeScratch {
@@ -227,22 +244,36 @@ impl Confinement {
             .tempdir_in(self.scratch.path())
             .map_err(io_err("create a job folder in", self.scratch.path()))?;
         chmod_dir(dir.path(), 0o711)?;
-        Ok(dir)
+        let id = match &self.confined {
+            Some(c) if c.drop_privileges => {
+                let mut free = c.free_ids.lock().unwrap_or_else(|e| e.into_inner());
+                Some(free.pop().ok_or_else(|| {
+                    ConfineError::Cgroup("more VMs than slots: no user id is free".into())
+                })?)
+            }
+            _ => None,
+        };
+        Ok(JobDir {
+            dir: Some(dir),
+            id,
+            confinement: self,
+        })
     }
 
     /// Makes `cmd` start confined: `memory_bytes` of guest memory, `max_file` the largest
     /// file QEMU may write.
-    /// `kvm`: QEMU will open `/dev/kvm`, so under a root node `nobody` keeps the device's
+    /// `kvm`: QEMU will open `/dev/kvm`, so under a root node the VM's user keeps the device's
     /// group (and only that group) when the device grants its group read and write.
     pub fn apply(
         &self,
         cmd: &mut tokio::process::Command,
+        job: &JobDir<'_>,
         memory_bytes: u64,
         max_file: u64,
         kvm: bool,
     ) {
         let Some(c) = &self.confined else { return };
-        let groups = if kvm && c.drop_to_nobody {
+        let groups = if kvm && c.drop_privileges {
             device_group(Path::new(KVM_DEVICE))
         } else {
             Vec::new()
@@ -265,8 +296,8 @@ impl Confinement {
                 let hard = nix::sys::resource::getrlimit(res).map_or(limit, |(_, h)| h);
                 (res, limit.min(hard))
             }),
-            new_user_ns: !c.drop_to_nobody && !is_root(),
-            drop_to_nobody: c.drop_to_nobody,
+            new_user_ns: !c.drop_privileges && !is_root(),
+            drop_to: job.id,
             parent: Pid::this(),
         };
         child::pre_exec(cmd, plan);
@@ -289,7 +320,8 @@ impl Confinement {
             return Ok(());
         }
         let mut cmd = tokio::process::Command::new("true");
-        self.apply(&mut cmd, 64 << 20, 1 << 20, false);
+        let job = self.job_dir()?;
+        self.apply(&mut cmd, &job, 64 << 20, 1 << 20, false);
         let status = spawn_err(cmd.as_std_mut().status())?;
         if !status.success() {
             return Err(ConfineError::Cgroup(format!(
@@ -305,7 +337,7 @@ const KVM_DEVICE: &str = "/dev/kvm";
 
 /// The group that may read and write `device`, as the only supplementary group an
 /// unprivileged QEMU keeps; none when the device grants its group nothing (then a KVM
-/// canary run as `nobody` fails and the node uses TCG, as it must).
+/// canary run as the VM's user fails and the node uses TCG, as it must).
 fn device_group(device: &Path) -> Vec<Gid> {
     match fs::metadata(device) {
         Ok(m) if m.mode() & 0o060 == 0o060 && is_kvm_group(m.gid()) => {
@@ -320,6 +352,44 @@ fn device_group(device: &Path) -> Vec<Gid> {
 fn is_kvm_group(gid: u32) -> bool {
     nix::unistd::Group::from_gid(Gid::from_raw(gid))
         .is_ok_and(|g| g.is_some_and(|g| g.name == "kvm"))
+}
+
+/// One job's folder and the user id its VM runs as (under a root node).
+#[derive(Debug)]
+pub struct JobDir<'a> {
+    dir: Option<tempfile::TempDir>,
+    id: Option<u32>,
+    confinement: &'a Confinement,
+}
+
+impl JobDir<'_> {
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new(""), |d| d.path())
+    }
+
+    /// The uid and gid QEMU runs as, when it runs as a user of its own.
+    pub fn vm_id(&self) -> Option<u32> {
+        self.id
+    }
+
+    /// Keeps the folder after the run (for debugging) and returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        self.dir.take().map(|d| d.keep()).unwrap_or_default()
+    }
+}
+
+impl Drop for JobDir<'_> {
+    fn drop(&mut self) {
+        // The folder goes first (its TempDir), then the id is free for the next VM: no
+        // process of this VM is alive by now (the runner waited for QEMU).
+        self.dir.take();
+        if let (Some(id), Some(c)) = (self.id, &self.confinement.confined) {
+            c.free_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
+        }
+    }
 }
 
 /// Maps a spawn error into the confinement step that failed, when it came from
@@ -444,15 +514,16 @@ fn chmod_dir(path: &Path, mode: u32) -> Result<(), ConfineError> {
 }
 
 /// Prepares a job's VM folder for an unprivileged QEMU: the image files linked in and
-/// readable, the input readable, the output disk owned by `nobody`; every change made
-/// through a descriptor. Returns the paths QEMU should use for (kernel, initrd, root).
+/// readable, the input readable, the output disk owned by the VM's own user; every change
+/// made through a descriptor. Returns the paths QEMU should use for (kernel, initrd, root).
 pub fn stage(
-    job_dir: &Path,
+    job: &JobDir<'_>,
     kernel: &Path,
     initrd: &Path,
     root: Option<&Path>,
     output: &Path,
 ) -> io::Result<(PathBuf, PathBuf, Option<PathBuf>)> {
+    let job_dir = job.path();
     let link = |src: &Path, name: &str| -> io::Result<PathBuf> {
         let dest = job_dir.join(name);
         if fs::hard_link(src, &dest).is_err() {
@@ -471,7 +542,9 @@ pub fn stage(
     open_nofollow(&job_dir.join("input.tar"), false)?
         .set_permissions(fs::Permissions::from_mode(0o444))?;
     let out = open_nofollow(output, true)?;
-    std::os::unix::fs::fchown(&out, Some(NOBODY), Some(NOBODY))?;
+    if let Some(id) = job.vm_id() {
+        std::os::unix::fs::fchown(&out, Some(id), Some(id))?;
+    }
     Ok((k, i, r))
 }
 
@@ -806,12 +879,13 @@ mod child {
 
     /// Everything the child needs, prepared (and allocated) before the fork.
     pub(super) struct ChildPlan {
-        /// Supplementary groups kept by `nobody` (the KVM device's group, or none).
+        /// Supplementary groups kept by the VM's user (the KVM device's group, or none).
         pub groups: Vec<Gid>,
         pub cgroup_procs: Vec<std::sync::Arc<OwnedFd>>,
         pub rlimits: [(Resource, u64); 4],
         pub new_user_ns: bool,
-        pub drop_to_nobody: bool,
+        /// The uid and gid to drop to, when the node is root.
+        pub drop_to: Option<u32>,
         pub parent: Pid,
     }
 
@@ -820,7 +894,7 @@ mod child {
         "join the node's cgroup",
         "set resource limits",
         "enter a new network namespace",
-        "drop to nobody",
+        "drop to the VM's own user",
         "set the parent-death signal",
         "outlive the node (it died during the start)",
         "set no-new-privileges",
@@ -850,8 +924,8 @@ mod child {
                 flags |= CloneFlags::CLONE_NEWUSER;
             }
             step(2, nix::sched::unshare(flags))?;
-            if self.drop_to_nobody {
-                let (uid, gid) = (Uid::from_raw(NOBODY), Gid::from_raw(NOBODY));
+            if let Some(id) = self.drop_to {
+                let (uid, gid) = (Uid::from_raw(id), Gid::from_raw(id));
                 step(3, nix::unistd::setgroups(&self.groups))?;
                 step(3, nix::unistd::setresgid(gid, gid, gid))?;
                 step(3, nix::unistd::setresuid(uid, uid, uid))?;
@@ -906,7 +980,7 @@ mod tests {
     }
 
     #[test]
-    fn nobody_keeps_only_a_device_group_that_may_use_the_device() {
+    fn a_vm_user_keeps_only_a_device_group_that_may_use_the_device() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let dev = tmp.path().join("kvm");
@@ -949,6 +1023,35 @@ mod tests {
         assert!(err.to_string().contains("replaced"), "{err}");
         fs::remove_dir(&scratch).unwrap();
         fs::rename(&moved, &scratch).unwrap();
+    }
+
+    #[test]
+    fn each_vm_of_a_root_node_has_its_own_user_until_it_ends() {
+        let free: Vec<u32> = (10..13).rev().collect();
+        let work = tempfile::tempdir().unwrap();
+        let totals = Totals {
+            vms: 3,
+            cpus: 1,
+            memory_bytes: 1 << 30,
+        };
+        let mut c = Confinement::prepare(work.path(), totals, true).unwrap();
+        // As a root node's: ids 10, 11, 12 (no cgroup needed for this).
+        c.confined = Some(Confined {
+            drop_privileges: true,
+            free_ids: std::sync::Mutex::new(free),
+            cgroup: None,
+        });
+        let a = c.job_dir().unwrap();
+        let b = c.job_dir().unwrap();
+        let c3 = c.job_dir().unwrap();
+        assert_eq!(
+            [a.vm_id(), b.vm_id(), c3.vm_id()],
+            [Some(10), Some(11), Some(12)]
+        );
+        assert!(c.job_dir().is_err(), "a fourth VM with three slots");
+        drop(b);
+        assert_eq!(c.job_dir().unwrap().vm_id(), Some(11));
+        drop((a, c3));
     }
 
     #[test]

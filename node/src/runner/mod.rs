@@ -279,7 +279,7 @@ impl Runner {
         std::fs::File::create_new(&output)?.set_len(spec.resources.disk_bytes)?;
         let (kernel, initrd, root) = if drop_privileges {
             confine::stage(
-                work.path(),
+                &work,
                 &req.image.kernel(),
                 &req.image.initrd(),
                 req.image.root().as_deref(),
@@ -322,6 +322,7 @@ impl Runner {
             .kill_on_drop(true);
         confinement.apply(
             &mut cmd,
+            &work,
             vm.memory_mib << 20,
             spec.resources.disk_bytes,
             accel == Accel::Kvm,
