@@ -10,6 +10,15 @@ fn tiny(rest: &str) -> Project {
     Project::new(&format!("{HEAD}{rest}"))
 }
 
+/// A tiny-image project whose timeout is `timeout` (not the usual 2m).
+fn tiny_timed(timeout: &str, rest: &str) -> Project {
+    ensure_image("tiny-x86_64");
+    Project::new(&format!(
+        "{}timeout = \"{timeout}\"\n{rest}",
+        HEAD.replace("timeout = \"2m\"\n", "")
+    ))
+}
+
 fn artifact<'a>(json: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
     json["artifacts"]
         .as_array()?
@@ -67,11 +76,10 @@ fn a_failing_task_is_reported_and_later_tasks_skipped() {
 
 #[test]
 fn a_timeout_kills_the_vm_and_is_reported() {
-    ensure_image("tiny-x86_64");
-    let p2 = Project::new(&format!(
-        "{}timeout = \"4s\"\n[[task]]\nname = \"hang\"\nrun = \"echo started; sleep 600\"\n",
-        HEAD.replace("timeout = \"2m\"\n", "")
-    ));
+    let p2 = tiny_timed(
+        "4s",
+        "[[task]]\nname = \"hang\"\nrun = \"echo started; sleep 600\"\n",
+    );
     let started = std::time::Instant::now();
     let r = run_job(p2.path(), &[]);
     assert_eq!(r.code, 4, "{}", r.json);
@@ -207,12 +215,11 @@ fn an_oversized_tar_header_from_the_guest_is_refused_unread() {
 /// cannot extend its 8 s timeout.
 #[test]
 fn console_markers_from_a_task_do_not_extend_its_deadline() {
-    let p = Project::new(&format!(
-        "{}timeout = \"8s\"\n[[task]]\nname = \"lie\"\nrun = \"i=0; while [ $i -lt 90 ]; do \
+    let p = tiny_timed(
+        "8s",
+        "[[task]]\nname = \"lie\"\nrun = \"i=0; while [ $i -lt 90 ]; do \
          echo barn: ready; echo barn: result ok; echo barn: task 000-lie exit 0 ms 1; sleep 1; i=$((i+1)); done\"\n",
-        HEAD.replace("timeout = \"2m\"\n", "")
-    ));
-    ensure_image("tiny-x86_64");
+    );
     let started = std::time::Instant::now();
     let r = run_job(p.path(), &[]);
     let took = started.elapsed();
@@ -229,11 +236,10 @@ fn console_markers_from_a_task_do_not_extend_its_deadline() {
 /// deadline).
 #[test]
 fn a_flood_of_markers_ends_at_the_deadline() {
-    let p = Project::new(&format!(
-        "{}timeout = \"6s\"\n[[task]]\nname = \"flood\"\nrun = \"yes 'barn: ready'\"\n",
-        HEAD.replace("timeout = \"2m\"\n", "")
-    ));
-    ensure_image("tiny-x86_64");
+    let p = tiny_timed(
+        "6s",
+        "[[task]]\nname = \"flood\"\nrun = \"yes 'barn: ready'\"\n",
+    );
     let started = std::time::Instant::now();
     let r = run_job(p.path(), &["--log-cap", "64KiB"]);
     assert_eq!(r.json["status"], "timed_out", "{}", r.json);
@@ -260,11 +266,10 @@ fn a_task_out_of_memory_is_named() {
 /// failed when forks fail, or an error if the guest kernel gives up), never a success.
 #[test]
 fn a_fork_bomb_ends_at_the_deadline() {
-    let p = Project::new(&format!(
-        "{}timeout = \"10s\"\n[[task]]\nname = \"bomb\"\nrun = \"b() {{ b | b; }}; b\"\n",
-        HEAD.replace("timeout = \"2m\"\n", "")
-    ));
-    ensure_image("tiny-x86_64");
+    let p = tiny_timed(
+        "10s",
+        "[[task]]\nname = \"bomb\"\nrun = \"b() { b | b; }; b\"\n",
+    );
     let started = std::time::Instant::now();
     let r = run_job(p.path(), &[]);
     assert!(

@@ -210,18 +210,13 @@ impl Confinement {
         Ok(this)
     }
 
-    /// True when QEMU runs confined.
-    pub fn is_confined(&self) -> bool {
-        self.confined.is_some()
-    }
-
     /// True when QEMU runs as a user of its own and needs its files staged readable.
     pub fn drops_privileges(&self) -> bool {
         self.confined.as_ref().is_some_and(|c| c.drop_privileges)
     }
 
     /// The node's cgroup folders (one per controller under cgroup v1).
-    pub fn cgroup_dirs(&self) -> &[PathBuf] {
+    fn cgroup_dirs(&self) -> &[PathBuf] {
         match self.confined.as_ref().and_then(|c| c.cgroup.as_ref()) {
             Some(c) => &c.dirs,
             None => &[],

@@ -220,11 +220,6 @@ impl Runner {
         self.confinement.as_ref().as_ref().err().map(String::as_str)
     }
 
-    /// How QEMU is confined, when it can be.
-    pub fn confinement(&self) -> Option<&confine::Confinement> {
-        self.confinement.as_ref().as_ref().ok()
-    }
-
     /// The node's limits.
     pub fn config(&self) -> &RunnerConfig {
         &self.cfg
