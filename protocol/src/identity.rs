@@ -79,7 +79,7 @@ impl PublicKey {
         libp2p_identity::PublicKey::from(key).to_peer_id()
     }
 
-    fn to_hex(self) -> String {
+    pub(crate) fn to_hex(self) -> String {
         hex::encode(self.as_bytes())
     }
 }

@@ -13,7 +13,9 @@
 //! - the guest init's console markers and status record ([`guest`]),
 //! - the rule for names that become file names ([`names`]),
 //! - symbolic links resolved inside a tree ([`links`]),
-//! - strings from peers and guests made safe for a terminal ([`text`]).
+//! - strings from peers and guests made safe for a terminal ([`text`]),
+//! - typed refusals ([`refusal`]), operators and their certificates ([`operator`]), and
+//!   a coordinator's signed settlement of a job ([`settlement`]).
 //!
 //! `docs/protocol.md` in the repository is the specification these types implement.
 
@@ -28,7 +30,10 @@ pub mod links;
 pub mod manifest;
 pub mod message;
 pub mod names;
+pub mod operator;
 pub mod pack;
+pub mod refusal;
+pub mod settlement;
 pub mod text;
 pub mod untar;
 
@@ -36,3 +41,5 @@ pub use envelope::{Envelope, Signed, VerifyError};
 pub use hash::ContentHash;
 pub use identity::{NodeId, SecretKey, SubmitterId};
 pub use message::JobId;
+pub use operator::OperatorId;
+pub use refusal::Refusal;

@@ -329,6 +329,11 @@ pub struct Claim {
     pub node: NodeId,
     pub accel: Accel,
     pub time: u64,
+    /// The node's signed operator certificate ([`crate::operator::OperatorCert`]), so
+    /// the coordinator grants one job's replicas to distinct operators. Added within v1:
+    /// absent means the node is its own operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_cert: Option<serde_bytes::ByteBuf>,
 }
 
 impl Message for Claim {
@@ -362,7 +367,12 @@ pub enum GrantDecision {
         variant: u32,
     },
     Denied {
+        /// For people.
         reason: String,
+        /// For code: what the volunteer does next depends on this, never on `reason`.
+        /// Added within v1: absent from older coordinators (treated as "retry later").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refusal: Option<crate::refusal::Refusal>,
     },
 }
 
@@ -655,6 +665,7 @@ mod tests {
                 node,
                 accel: Accel::Tcg,
                 time: 5,
+                operator_cert: None,
             },
             &key,
         );
@@ -679,6 +690,7 @@ mod tests {
                 node,
                 decision: GrantDecision::Denied {
                     reason: "full".into(),
+                    refusal: Some(crate::refusal::Refusal::Full),
                 },
                 time: 5,
             },

@@ -48,6 +48,7 @@ fn claim() -> Claim {
         node: key().node_id(),
         accel: Accel::Tcg,
         time: 3,
+        operator_cert: None,
     }
 }
 

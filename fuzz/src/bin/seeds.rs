@@ -176,6 +176,7 @@ fn envelopes(dir: &Path) -> io::Result<()> {
             node: key().node_id(),
             accel: Accel::Tcg,
             time: 1_700_000_001,
+            operator_cert: Some(serde_bytes::ByteBuf::from(vec![1u8; 40])),
         }),
     )?;
     signed(
@@ -199,6 +200,7 @@ fn envelopes(dir: &Path) -> io::Result<()> {
             node: key().node_id(),
             decision: GrantDecision::Denied {
                 reason: "enough replicas".into(),
+                refusal: Some(barn_protocol::Refusal::Full),
             },
             time: 1_700_000_002,
         }),

@@ -219,6 +219,7 @@ impl Coordinator {
     ) -> GrantDecision {
         let deny = |reason: &str| GrantDecision::Denied {
             reason: reason.to_string(),
+            refusal: None,
         };
         let Some(j) = self.jobs.get_mut(id) else {
             return deny("unknown job");

@@ -137,7 +137,7 @@ impl Volunteer {
                         variant: *variant,
                     });
                 }
-                GrantDecision::Denied { reason } => {
+                GrantDecision::Denied { reason, .. } => {
                     k.state = State::Waiting {
                         retry_at: now + RETRY_SECS,
                         why: Some(reason.clone()),

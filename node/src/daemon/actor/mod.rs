@@ -583,6 +583,7 @@ impl Actor {
             node: self.me,
             accel: self.p.accel,
             time: now,
+            operator_cert: None,
         };
         let peer = coordinator.to_peer_id();
         if peer == *self.p.swarm.local_peer_id() {
@@ -764,12 +765,14 @@ impl Actor {
                     }
                     Ok(_) => GrantDecision::Denied {
                         reason: "grant from the wrong coordinator or for another job".into(),
+                        refusal: None,
                     },
                     Err(e) => GrantDecision::Denied {
                         reason: format!("bad grant: {e}"),
+                        refusal: None,
                     },
                 };
-                if let GrantDecision::Denied { reason } = &decision {
+                if let GrantDecision::Denied { reason, .. } = &decision {
                     debug!(job = %job.short(), "claim denied: {reason}");
                 }
                 let actions = self.volunteer.on_grant(&job, &decision, now);
