@@ -43,6 +43,16 @@ impl Dirs {
     pub fn node_key(&self) -> PathBuf {
         self.data.join("node.key")
     }
+
+    /// An operator key (`barn key new --operator`): certifies this person's node keys.
+    pub fn operator_key(&self) -> PathBuf {
+        self.config.join("operator.key")
+    }
+
+    /// The node key's operator certificate (`barn key certify`), sent with every claim.
+    pub fn operator_cert(&self) -> PathBuf {
+        self.data.join("operator.cert")
+    }
 }
 
 /// Writes `text` to a new file readable only by its owner; refuses to overwrite.

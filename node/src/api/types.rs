@@ -91,6 +91,13 @@ pub struct JobView {
     pub mine: bool,
     /// The submitter's project key.
     pub submitter: String,
+    /// Why the job is not settling yet, for people ("waiting for 1 more volunteer for
+    /// x86_64"); `None` when nothing is missing.
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// The settled verdict's word, once the coordinator signed a settlement.
+    #[serde(default)]
+    pub verdict: Option<String>,
 }
 
 /// A lease, as its coordinator sees it.
@@ -129,6 +136,9 @@ pub struct ResultView {
     #[serde(default)]
     pub provenance_sig: Option<String>,
     pub received: u64,
+    /// It arrived after the job settled: kept, never counted.
+    #[serde(default)]
+    pub late: bool,
 }
 
 /// Everything about one job.
@@ -141,7 +151,11 @@ pub struct JobDetail {
     /// The signed `job` envelope, hex.
     pub envelope: String,
     pub leases: Vec<LeaseView>,
+    /// Every stored result, settled or not: only those the settlement names count.
     pub results: Vec<ResultView>,
+    /// The coordinator's signed `settlement` envelope, hex, once the job is settled.
+    #[serde(default)]
+    pub settlement: Option<String>,
 }
 
 /// `POST /api/submit` body.

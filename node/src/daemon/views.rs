@@ -98,6 +98,8 @@ fn job_view(a: &Actor, rec: &JobRecord) -> Option<JobView> {
         created: job.created,
         mine: rec.coordinated,
         submitter: rec.submitter.to_string(),
+        waiting: None,
+        verdict: None,
     })
 }
 
@@ -194,6 +196,7 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
                     envelope: hex::encode(&r.envelope),
                     provenance_sig: None,
                     received: r.received_at,
+                    late: false,
                 });
                 continue;
             }
@@ -224,6 +227,7 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
                 .flatten()
                 .map(hex::encode),
             received: r.received_at,
+            late: false,
         });
     }
     Ok(JobDetail {
@@ -232,5 +236,6 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
         envelope: hex::encode(&rec.envelope),
         leases,
         results,
+        settlement: None,
     })
 }
