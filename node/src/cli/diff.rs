@@ -965,6 +965,7 @@ mod tests {
             }
         };
         let view = |shown_as: u8, signed_by: u8, entries: &[Entry]| ResultView {
+            late: false,
             node: key(shown_as).node_id().to_string(),
             status: "succeeded".into(),
             detail: None,
@@ -983,8 +984,11 @@ mod tests {
             received: 0,
         };
         let detail = JobDetail {
+            settlement: None,
             submitted_ms: None,
             job: JobView {
+                waiting: None,
+                verdict: None,
                 id: id.to_string(),
                 image: "tiny-x86_64".into(),
                 arch: "x86_64".into(),

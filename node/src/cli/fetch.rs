@@ -436,8 +436,11 @@ mod tests {
 
     fn detail(nodes: &[(&str, &str)]) -> JobDetail {
         JobDetail {
+            settlement: None,
             submitted_ms: None,
             job: JobView {
+                waiting: None,
+                verdict: None,
                 id: format!("b3:{}", "ab".repeat(32)),
                 image: "tiny".into(),
                 arch: "x86_64".into(),
@@ -454,6 +457,7 @@ mod tests {
             results: nodes
                 .iter()
                 .map(|(node, status)| ResultView {
+                    late: false,
                     node: node.to_string(),
                     status: status.to_string(),
                     detail: None,
