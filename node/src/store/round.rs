@@ -311,3 +311,72 @@ impl Db {
         from_sql_u64("votes", n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::db::{JobRecord, JobState};
+    use barn_protocol::{ContentHash, SecretKey, SubmitterId};
+
+    fn db_with_job() -> (Db, JobId) {
+        let db = Db::open_in_memory().unwrap();
+        let id = JobId(ContentHash::of(b"job"));
+        db.insert_job(&JobRecord {
+            id,
+            envelope: vec![1],
+            submitter: SubmitterId(SecretKey::from_seed([1; 32]).public()),
+            state: JobState::Open,
+            created: 1,
+            expires: 100,
+            coordinated: true,
+        })
+        .unwrap();
+        (db, id)
+    }
+
+    #[test]
+    fn a_job_settled_twice_counts_each_nodes_vote_once() {
+        let (mut db, job) = db_with_job();
+        let node = SecretKey::from_seed([2; 32]).node_id();
+        db.settle(&job, b"s1", &[(node, false)], 10).unwrap();
+        db.settle(&job, b"s2", &[(node, false)], 11).unwrap();
+        let rec = db.get_node(&node).unwrap().unwrap();
+        assert_eq!((rec.agreements, rec.disagreements), (0, 1));
+        assert_eq!(db.votes_on(&job, &node).unwrap(), 1);
+        assert_eq!(db.settlement(&job).unwrap().as_deref(), Some(&b"s2"[..]));
+    }
+
+    #[test]
+    fn the_outbox_and_rounds_read_back() {
+        let (db, job) = db_with_job();
+        let o = OutgoingRecord {
+            job,
+            lease: LeaseId(serde_bytes::ByteArray::new([3; 16])),
+            coordinator: SecretKey::from_seed([4; 32]).node_id(),
+            result: vec![9; 10],
+            provenance: Some([7; 64]),
+            committed: false,
+        };
+        db.put_outgoing(&o).unwrap();
+        db.put_outgoing(&OutgoingRecord {
+            committed: true,
+            ..o.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            db.list_outgoing().unwrap(),
+            vec![OutgoingRecord {
+                committed: true,
+                ..o
+            }]
+        );
+        db.delete_outgoing(&job).unwrap();
+        assert!(db.list_outgoing().unwrap().is_empty());
+        let round = Round {
+            extra: 1,
+            revealed_at: Some(5),
+        };
+        db.set_round(&job, &round).unwrap();
+        assert_eq!(db.round(&job).unwrap(), round);
+    }
+}
