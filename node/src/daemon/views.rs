@@ -74,15 +74,44 @@ pub fn nodes(a: &Actor) -> Vec<NodeView> {
 }
 
 fn job_view(a: &Actor, rec: &JobRecord) -> Option<JobView> {
-    let signed = Signed::<Job>::from_bytes(&rec.envelope).ok()?;
-    let job = signed.message();
-    let results = results_of(a, &rec.id);
-    let settlement = a.parts().db.settlement(&rec.id).ok().flatten();
-    let verdict = settlement.as_deref().and_then(|b| {
-        barn_protocol::settlement::Settlement::check(b, &rec.id, &job.coordinator)
-            .ok()
-            .map(|s| s.message().verdict.word().to_string())
-    });
+    // The core checked the jobs it knows once; others are checked here.
+    let job = match a.core().known(&rec.id) {
+        Some(k) => k.job.clone(),
+        None => Signed::<Job>::from_bytes(&rec.envelope)
+            .ok()?
+            .message()
+            .clone(),
+    };
+    let job = &job;
+    let settlement = a
+        .parts()
+        .db
+        .settlement(&rec.id)
+        .ok()
+        .flatten()
+        .and_then(|b| {
+            barn_protocol::settlement::Settlement::check(&b, &rec.id, &job.coordinator).ok()
+        });
+    let verdict = settlement
+        .as_ref()
+        .map(|s| s.message().verdict.word().to_string());
+    // Once settled, only the results the settlement names count.
+    let results: Vec<Signed<BuildResult>> = match &settlement {
+        None => results_of(a, &rec.id),
+        Some(s) => a
+            .parts()
+            .db
+            .list_results(&rec.id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| {
+                s.message()
+                    .replica_of(&barn_protocol::ContentHash::of(&r.envelope))
+                    .is_some()
+            })
+            .filter_map(|r| Signed::<BuildResult>::from_bytes(&r.envelope).ok())
+            .collect(),
+    };
     let state = match a.core().coordinator().job(&rec.id) {
         Some(c) if c.settled => "complete".to_string(),
         None if verdict.is_some() || rec.state == db::JobState::Complete => "complete".into(),

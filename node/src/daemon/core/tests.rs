@@ -583,3 +583,59 @@ fn a_lossy_network_still_settles() {
     assert!(sim.run_until(600, |s| settled(s, &job)), "never settled");
     assert_eq!(sim.settlement(C, &job).unwrap().replicas.len(), 3);
 }
+
+#[test]
+fn a_volunteer_restarted_at_every_step_still_gets_the_job_settled() {
+    // Restart volunteer 1 at each second of the job's life in turn: before its claim,
+    // while running (the VM dies with it), after finishing, after committing.
+    for at in [0u64, 1, 3, 5, 6, 7, 9] {
+        let mut sim = farm(3);
+        sim.nodes[3].runner.secs = 8;
+        let job = sim.submit(C, 3, |_| {});
+        sim.run_for(at);
+        sim.restart(1);
+        assert!(
+            sim.run_until(300, |s| settled(s, &job)),
+            "a restart at {at}s: never settled"
+        );
+        let s = sim.settlement(C, &job).unwrap();
+        assert_eq!(s.replicas.len(), 3, "a restart at {at}s");
+        assert_eq!(s.verdict, VerdictKind::Reproducible, "a restart at {at}s");
+        // Whatever it had finished was delivered, and nothing is left to send.
+        sim.run_for(1);
+        assert!(
+            sim.nodes[1].core().outbox().is_empty(),
+            "a restart at {at}s"
+        );
+    }
+}
+
+#[test]
+fn a_partition_longer_than_a_lease_regrants_and_counts_the_late_result_once() {
+    let mut sim = farm(3);
+    sim.nodes[1].runner.secs = 60;
+    let job = sim.submit(C, 2, |_| {});
+    assert!(sim.run_until(10, |s| lease_states(s, &job).len() == 2));
+    let cut_off = sim.nodes[C]
+        .core()
+        .coordinator()
+        .job(&job)
+        .unwrap()
+        .leases
+        .iter()
+        .position(|l| l.node == sim.nodes[1].id())
+        .is_some();
+    assert!(cut_off, "node 1 holds a lease");
+    sim.cut.insert((C, 1));
+    sim.run_for(LEASE_SECS + 10);
+    assert!(expired_any(&sim));
+    assert!(sim.run_until(120, |s| settled(s, &job)));
+    sim.cut.clear();
+    sim.run_for(120);
+    let s = sim.settlement(C, &job).unwrap();
+    assert_eq!(s.replicas.len(), 2);
+    assert!(s.replicas.iter().all(|r| r.node != sim.nodes[1].id()));
+    let late = sim.nodes[1].id();
+    assert!(sim.nodes[C].db.result_is_late(&job, &late).unwrap());
+    assert_eq!(sim.nodes[C].db.votes_on(&job, &late).unwrap(), 0);
+}
