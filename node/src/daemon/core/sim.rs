@@ -295,7 +295,26 @@ impl Sim {
                     };
                     self.schedule(now_ms + r.secs * 1000, i, Delivery::Input(input));
                 }
-                Effect::Cancel { .. } => {}
+                Effect::Cancel { job } => {
+                    // The VM is stopped: the job task reports an infrastructure error.
+                    let Some(r) = self.nodes[i].core().running().get(&job).cloned() else {
+                        continue;
+                    };
+                    let Some(spec) = self.nodes[i].core().known(&job).map(|k| k.job.clone()) else {
+                        continue;
+                    };
+                    let runner = FakeRunner {
+                        error: true,
+                        ..self.nodes[i].runner.clone()
+                    };
+                    let result = self.fake_result(i, job, r.lease, 0, &spec, &runner);
+                    let input = Input::Finished {
+                        job,
+                        result: Box::new(result),
+                        provenance_sig: None,
+                    };
+                    self.schedule(now_ms, i, Delivery::Input(input));
+                }
                 Effect::Judge { job, spec, results } => {
                     let verdict = crate::verify::verdict::judge(&spec, &results);
                     self.schedule(

@@ -639,3 +639,119 @@ fn a_partition_longer_than_a_lease_regrants_and_counts_the_late_result_once() {
     assert!(sim.nodes[C].db.result_is_late(&job, &late).unwrap());
     assert_eq!(sim.nodes[C].db.votes_on(&job, &late).unwrap(), 0);
 }
+
+#[test]
+fn a_job_its_owner_stops_goes_to_another_volunteer() {
+    let mut sim = farm(2);
+    sim.nodes[1].runner.secs = 100;
+    sim.input(2, super::Input::Availability(vec![Unavailable::Paused]));
+    let job = sim.submit(C, 1, |_| {});
+    assert!(sim.run_until(20, |s| !sim_running(s, 1).is_empty()));
+    // `barn pause --stop` on node 1: its replica is handed back at once.
+    sim.input(1, super::Input::Availability(vec![Unavailable::Paused]));
+    sim.input(1, super::Input::StopRunning);
+    sim.run_for(2);
+    assert!(lease_states(&sim, &job).contains(&LeaseState::Failed));
+    assert!(!expired_any(&sim));
+    sim.input(2, super::Input::Availability(vec![]));
+    assert!(sim.run_until(60, |s| settled(s, &job)));
+    let s = sim.settlement(C, &job).unwrap();
+    assert_eq!(s.replicas[0].node, sim.nodes[2].id());
+}
+
+fn sim_running(sim: &Sim, i: usize) -> Vec<JobId> {
+    sim.nodes[i].core().running().keys().copied().collect()
+}
+
+#[test]
+fn heartbeats_keep_only_their_own_nodes_lease() {
+    let mut sim = farm(2);
+    sim.nodes[1].runner.secs = 100;
+    let job = sim.submit(C, 1, |_| {});
+    assert!(sim.run_until(20, |s| lease_states(s, &job) == vec![LeaseState::Running]));
+    let lease = sim.nodes[C].core().coordinator().job(&job).unwrap().leases[0].id;
+    // Node 2 heartbeats node 1's lease: refused, and it does not keep the lease alive.
+    let key = sim.nodes[2].cfg.key.clone();
+    let hb = Signed::sign(
+        Heartbeat {
+            job,
+            lease,
+            phase: Phase::Running,
+            log_bytes: 0,
+            time: sim.now(),
+        },
+        &key,
+    );
+    assert_eq!(
+        sim.request(2, C, Request::Heartbeat(hb.to_bytes())),
+        Response::Refused(Refusal::UnknownLease)
+    );
+    sim.kill(1);
+    for _ in 0..10 {
+        let hb = Signed::sign(
+            Heartbeat {
+                job,
+                lease,
+                phase: Phase::Running,
+                log_bytes: 0,
+                time: sim.now(),
+            },
+            &key,
+        );
+        sim.request(2, C, Request::Heartbeat(hb.to_bytes()));
+        sim.run_for(5);
+    }
+    assert_eq!(lease_states(&sim, &job)[0], LeaseState::Expired);
+}
+
+#[test]
+fn a_result_that_does_not_match_its_commitment_loses_the_lease() {
+    let mut sim = farm(3);
+    sim.nodes[2].runner.secs = 30;
+    let job = sim.submit(C, 2, |_| {});
+    assert!(sim.run_until(20, |s| {
+        lease_states(s, &job).contains(&LeaseState::Committed)
+    }));
+    // Node 1 committed to its root; now it sends a result with another root.
+    let mine = own_result(&sim, 1, &job);
+    let mut r = Signed::<BuildResult>::from_bytes(&mine)
+        .unwrap()
+        .message()
+        .clone();
+    r.manifest = barn_protocol::manifest::Manifest::new(vec![]);
+    r.manifest_root = r.manifest.root();
+    let other = Signed::sign(r, &sim.nodes[1].cfg.key).to_bytes();
+    // Results are not taken yet, but a lie is refused whatever the moment.
+    assert_eq!(
+        sim.request(1, C, Request::Result(other)),
+        Response::Refused(Refusal::CommitmentMismatch)
+    );
+    assert!(lease_states(&sim, &job).contains(&LeaseState::Failed));
+    assert!(sim.run_until(200, |s| settled(s, &job)));
+    let s = sim.settlement(C, &job).unwrap();
+    assert!(s.replicas.iter().all(|r| r.node != sim.nodes[1].id()));
+}
+
+#[test]
+fn poorly_reputed_nodes_wait_while_reputable_ones_take_the_replicas() {
+    let mut sim = farm(2);
+    // Node 1 disagreed with the majority before: 0 agreements, 2 disagreements.
+    let liar = sim.nodes[1].id();
+    let core = sim.nodes[C].core.as_mut().unwrap();
+    core.reputation.insert(
+        liar,
+        crate::sched::coordinator::Reputation {
+            agreements: 0,
+            disagreements: 2,
+        },
+    );
+    let job = sim.submit(C, 1, |_| {});
+    assert!(sim.run_until(60, |s| settled(s, &job)));
+    let s = sim.settlement(C, &job).unwrap();
+    assert_eq!(s.replicas[0].node, sim.nodes[2].id());
+    // With no reputable node about, it gets the job after the window.
+    let job2 = sim.submit(C, 2, |_| {});
+    assert!(sim.run_until(120, |s| settled(s, &job2)));
+    let s = sim.settlement(C, &job2).unwrap();
+    assert!(s.replicas.iter().any(|r| r.node == liar));
+}
