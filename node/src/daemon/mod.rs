@@ -96,8 +96,20 @@ fn clean_temporary_files(data: &std::path::Path) {
     });
 }
 
-/// Runs the node until `cancel` fires.
-pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationToken) -> Result<()> {
+/// Runs the node until `cancel` fires. `serve_api` serves the local API on the listener
+/// with the token (`api::server::serve`); it is passed in, so that the daemon does not
+/// import the API that imports it.
+pub async fn run<F, Fut>(
+    dirs: Dirs,
+    cfg: Config,
+    opts: Options,
+    cancel: CancellationToken,
+    serve_api: F,
+) -> Result<()>
+where
+    F: FnOnce(handle::NodeHandle, tokio::net::TcpListener, String, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
     std::fs::create_dir_all(&dirs.data)
         .with_context(|| format!("failed to create {}", dirs.data.display()))?;
     clean_temporary_files(&dirs.data);
@@ -161,7 +173,7 @@ pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationTok
     let api_cancel = cancel.child_token();
     let (events, _) = tokio::sync::broadcast::channel(handle::EVENT_BUFFER);
     let handle = handle::NodeHandle::with_events(cmd_tx, events.clone());
-    let api = tokio::spawn(crate::api::server::serve(
+    let api = tokio::spawn(serve_api(
         handle,
         listener,
         token.clone(),
