@@ -119,7 +119,11 @@ impl Core {
                 result: o.result,
                 provenance_sig: o.provenance,
                 committed: o.committed,
-                revealed: false,
+                // An error result is sent as it is; any other polls with its commitment.
+                revealed: matches!(
+                    result.message().status,
+                    barn_protocol::message::BuildStatus::Error { .. }
+                ),
                 retry_at: now,
                 in_flight: None,
             });

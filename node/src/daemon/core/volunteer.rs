@@ -172,6 +172,9 @@ impl Core {
             provenance: provenance_sig,
             late: false,
         }));
+        // An infrastructure error is no verdict on the build: it has nothing to hide, needs
+        // no commitment, and frees the replica at once.
+        let error = matches!(m.status, BuildStatus::Error { .. });
         let o = Outgoing {
             job,
             lease: r.lease,
@@ -179,8 +182,8 @@ impl Core {
             result: bytes,
             root: m.manifest_root,
             provenance_sig,
-            committed: false,
-            revealed: false,
+            committed: error,
+            revealed: error,
             retry_at: now,
             in_flight: None,
         };
