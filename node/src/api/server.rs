@@ -527,6 +527,8 @@ mod tests {
             created: 1,
             mine: true,
             submitter: "ed25519:00".into(),
+            waiting: None,
+            verdict: None,
         }
     }
 
@@ -579,6 +581,7 @@ mod tests {
                     let answer = if id == job_id() || job_id()[3..].starts_with(&id) {
                         Ok(JobDetail {
                             submitted_ms: None,
+                            settlement: None,
                             job: job_view("running"),
                             envelope: String::new(),
                             leases: vec![LeaseView {

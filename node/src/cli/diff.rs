@@ -981,9 +981,11 @@ mod tests {
             ),
             provenance_sig: None,
             received: 0,
+            late: false,
         };
         let detail = JobDetail {
             submitted_ms: None,
+            settlement: None,
             job: JobView {
                 id: id.to_string(),
                 image: "tiny-x86_64".into(),
@@ -995,6 +997,8 @@ mod tests {
                 created: 0,
                 mine: true,
                 submitter: String::new(),
+                waiting: None,
+                verdict: None,
             },
             envelope: hex::encode(signed_job.to_bytes()),
             leases: vec![],

@@ -437,6 +437,7 @@ mod tests {
     fn detail(nodes: &[(&str, &str)]) -> JobDetail {
         JobDetail {
             submitted_ms: None,
+            settlement: None,
             job: JobView {
                 id: format!("b3:{}", "ab".repeat(32)),
                 image: "tiny".into(),
@@ -448,6 +449,8 @@ mod tests {
                 created: 0,
                 mine: true,
                 submitter: String::new(),
+                waiting: None,
+                verdict: None,
             },
             envelope: String::new(),
             leases: vec![],
@@ -468,6 +471,7 @@ mod tests {
                     envelope: String::new(),
                     provenance_sig: None,
                     received: 0,
+                    late: false,
                 })
                 .collect(),
         }

@@ -225,12 +225,14 @@ mod tests {
             envelope: String::new(),
             provenance_sig: None,
             received: 0,
+            late: false,
         }
     }
 
     fn detail(results: Vec<ResultView>) -> JobDetail {
         JobDetail {
             submitted_ms: None,
+            settlement: None,
             job: JobView {
                 id: format!("b3:{}", "ab".repeat(32)),
                 image: "tiny-x86_64".into(),
@@ -242,6 +244,8 @@ mod tests {
                 created: 940,
                 mine: true,
                 submitter: "ed25519:00".into(),
+                waiting: None,
+                verdict: None,
             },
             envelope: String::new(),
             leases: vec![LeaseView {
