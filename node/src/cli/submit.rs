@@ -14,7 +14,7 @@ use clap::Args;
 use crate::api::client::ApiClient;
 use crate::api::types::JobDetail;
 use crate::dirs::Dirs;
-use crate::runner::ImageStore;
+use crate::store::ImageStore;
 use crate::store::blobs::{BlobStore, BlobWriter};
 
 #[derive(Debug, Args)]

@@ -24,7 +24,8 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::dirs::{Dirs, write_private_new};
 use crate::net::swarm::{NetConfig, build_swarm};
-use crate::runner::{self, ImageStore, Runner, RunnerConfig};
+use crate::runner::{self, Runner, RunnerConfig};
+use crate::store::ImageStore;
 use crate::store::blobs::BlobStore;
 use crate::store::db::Db;
 
