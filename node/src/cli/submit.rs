@@ -141,7 +141,7 @@ pub fn run(args: SubmitArgs, dirs: &Dirs) -> Result<ExitCode> {
             key_path.display()
         );
     }
-    let key = super::key::load(&key_path)?;
+    let key = crate::keys::load(&key_path)?;
     let expires = parse_duration(&args.expires)
         .with_context(|| format!("--expires {:?} is not a duration", args.expires))?;
     let wait = parse_duration(&args.wait_timeout)

@@ -38,7 +38,7 @@ pub fn node_key(dirs: &Dirs) -> Result<SecretKey> {
         info!(path = %path.display(), node = %key.node_id(), "made a new node key");
         return Ok(key);
     }
-    crate::cli::key::load(&path)
+    Ok(crate::keys::load(&path)?)
 }
 
 /// Options that are not in the config file.
