@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dirs;
+pub(crate) mod keys;
 pub mod net;
 pub mod runner;
 pub mod sched;

@@ -82,7 +82,7 @@ fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Re
         }
     };
     let key_path = dirs.node_key();
-    let key = super::key::load(&key_path).with_context(|| {
+    let key = crate::keys::load(&key_path).with_context(|| {
         format!(
             "attestations are signed with the node key {}",
             key_path.display()

@@ -15,7 +15,8 @@ use clap::Args;
 use super::run::AccelChoice;
 use crate::api::client::ApiClient;
 use crate::dirs::Dirs;
-use crate::runner::{self, ImageStore, Runner, RunnerConfig};
+use crate::runner::{self, Runner, RunnerConfig};
+use crate::store::{Image, ImageStore};
 use crate::verify::policy::Policy;
 
 const HELLO_TOML: &str = include_str!("../../../examples/hello/barn.toml");
@@ -136,7 +137,7 @@ fn wait_api(node: &mut NodeProc) -> Result<ApiClient> {
     }
 }
 
-fn copy_image(from: &runner::Image, to: &ImageStore, scratch: &Path) -> Result<()> {
+fn copy_image(from: &Image, to: &ImageStore, scratch: &Path) -> Result<()> {
     let dir = scratch.join(format!("image-{}", from.hash.to_hex()));
     std::fs::create_dir_all(&dir)?;
     for e in std::fs::read_dir(&from.dir)? {

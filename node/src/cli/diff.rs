@@ -9,7 +9,8 @@
 //! nodes made what) and, against the majority variant (or the first), what actually
 //! differs: in words for a missing file, a kind, an executable bit or a link target; for
 //! contents, both blobs are fetched, checked against their signed hashes, and shown with
-//! `diffoscope` when it is on `PATH` (under a timeout, output capped), else with the
+//! `diffoscope` when it is on `PATH` ([`crate::verify::diffoscope`]: under a timeout,
+//! output capped), else with the
 //! built-in comparison in [`crate::verify::diff`]: first differing byte, a line diff for
 //! small text, a hex window otherwise.
 //!
@@ -17,17 +18,14 @@
 //! [`super::exit::DIFFERS`], [`super::exit::VERDICT_FAILED`], [`super::exit::PENDING`].
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use barn_protocol::jobfile::show_size;
-use barn_protocol::manifest::{self, Entry, EntryKind};
+use barn_protocol::manifest::{Entry, EntryKind};
 use barn_protocol::message::BuildResult;
 use barn_protocol::text::{printable, printable_log};
 use barn_protocol::{ContentHash, NodeId};
@@ -39,17 +37,13 @@ use crate::api::client::ApiClient;
 use crate::api::types::ResultView;
 use crate::dirs::Dirs;
 use crate::verify::diff::{self as fallback, HEX_WINDOW, TEXT_LIMIT};
+use crate::verify::diffoscope;
 use crate::verify::policy::Policy;
 use crate::verify::settled;
 use crate::verify::verdict::{FileDiff, Kind, Verdict};
 
 /// The default for `--max-bytes`.
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
-/// How long diffoscope may take for one pair of files.
-const DIFFOSCOPE_TIMEOUT: Duration = Duration::from_secs(120);
-/// The most diffoscope output kept per pair of files (and of its stderr, a little).
-const DIFFOSCOPE_OUTPUT: usize = 512 * 1024;
-const DIFFOSCOPE_STDERR: usize = 4 * 1024;
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
@@ -155,11 +149,7 @@ fn diff(client: &ApiClient, args: &DiffArgs, policy: &Policy) -> Result<(Report,
         .collect();
     let by_node: BTreeMap<String, &BuildResult> =
         results.iter().map(|(n, r)| (n.to_string(), r)).collect();
-    let diffoscope = if args.json {
-        None
-    } else {
-        find_on_path("diffoscope")
-    };
+    let diffoscope = if args.json { None } else { diffoscope::find() };
     // The same codes as `barn verify`: 0, 10 differs, 11 failed, 12 pending, 13 unconfirmed.
     let code = super::verify::exit_code(verdict.verdict);
     let mut report = Report {
@@ -391,11 +381,12 @@ impl Pair<'_> {
                 .and_then(|(tb, to)| fallback::unified(tb, to, &name_b, &name_o));
         }
         if let Some(prog) = diffoscope {
-            match run_diffoscope(prog, &path_b, &path_o, self.path) {
+            match diffoscope::run(prog, &path_b, &path_o, self.path) {
                 Ok(out) => cmp.diffoscope = Some(out),
-                Err(err) => cmp
-                    .notes
-                    .push(format!("{err:#}; showing barn's own comparison")),
+                Err(err) => cmp.notes.push(format!(
+                    "{:#}; showing barn's own comparison",
+                    anyhow::Error::new(err)
+                )),
             }
         }
         if cmp.text_diff.is_none()
@@ -482,120 +473,6 @@ fn read_window(path: &Path, start: u64) -> Result<Vec<u8>> {
         .read_to_end(&mut buf)
         .with_context(|| format!("failed to read {}", path.display()))?;
     Ok(buf)
-}
-
-/// `prog` if it is an executable file in a folder on `PATH`.
-fn find_on_path(prog: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(prog))
-        .find(|p| is_executable(p))
-}
-
-#[cfg(unix)]
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-#[cfg(not(unix))]
-fn is_executable(p: &Path) -> bool {
-    p.is_file()
-}
-
-/// Output read from a child, up to a cap; the rest is read and dropped so the child never
-/// blocks on a full pipe.
-#[derive(Debug, Default)]
-struct Captured {
-    bytes: Vec<u8>,
-    cut: bool,
-}
-
-fn capture(mut r: impl Read + Send + 'static, cap: usize) -> Arc<Mutex<Captured>> {
-    let out = Arc::new(Mutex::new(Captured::default()));
-    let sink = Arc::clone(&out);
-    thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let Ok(mut c) = sink.lock() else { break };
-            let room = cap.saturating_sub(c.bytes.len());
-            c.bytes.extend_from_slice(&buf[..n.min(room)]);
-            c.cut |= n > room;
-        }
-    });
-    out
-}
-
-fn taken(c: &Mutex<Captured>) -> (String, bool) {
-    match c.lock() {
-        Ok(c) => (String::from_utf8_lossy(&c.bytes).into_owned(), c.cut),
-        Err(_) => (String::new(), false),
-    }
-}
-
-/// Runs diffoscope on copies of the two blobs named after the path (it picks comparators by
-/// name as well as content), under [`DIFFOSCOPE_TIMEOUT`], keeping [`DIFFOSCOPE_OUTPUT`].
-fn run_diffoscope(prog: &Path, a: &Path, b: &Path, path: &str) -> Result<String> {
-    let name = manifest::normalize(path)
-        .ok()
-        .and_then(|p| p.rsplit('/').next().map(str::to_string))
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "file".into());
-    let tmp = tempfile::tempdir().context("failed to make a temporary folder for diffoscope")?;
-    for (side, src) in [("a", a), ("b", b)] {
-        let dir = tmp.path().join(side);
-        fs::create_dir(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
-        fs::copy(src, dir.join(&name))
-            .with_context(|| format!("failed to copy {} for diffoscope", src.display()))?;
-    }
-    let mut child = Command::new(prog)
-        .args(["--text", "-"])
-        .arg(Path::new("a").join(&name))
-        .arg(Path::new("b").join(&name))
-        .current_dir(tmp.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("failed to start {}", prog.display()))?;
-    let stdout = child.stdout.take().map(|s| capture(s, DIFFOSCOPE_OUTPUT));
-    let stderr = child.stderr.take().map(|s| capture(s, DIFFOSCOPE_STDERR));
-    let deadline = Instant::now() + DIFFOSCOPE_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("failed to wait for diffoscope")? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "diffoscope did not finish within {} s",
-                DIFFOSCOPE_TIMEOUT.as_secs()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    // The readers see the end of the pipes soon after the exit; give them a moment.
-    thread::sleep(Duration::from_millis(100));
-    let (mut out, cut) = stdout.map(|c| taken(&c)).unwrap_or_default();
-    let (err, _) = stderr.map(|c| taken(&c)).unwrap_or_default();
-    match status.code() {
-        Some(0) => Ok("diffoscope found no difference in the contents\n".into()),
-        Some(1) => {
-            if cut {
-                out.push_str(&format!(
-                    "\n[diffoscope output cut at {}]\n",
-                    show_size(DIFFOSCOPE_OUTPUT as u64)
-                ));
-            }
-            Ok(out)
-        }
-        _ => bail!("diffoscope failed ({status}): {}", err.trim()),
-    }
 }
 
 /// `b3:` hashes in a variant shortened for tables.
@@ -751,6 +628,8 @@ fn print_comparison(
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, thread};
+
     use super::*;
     use crate::api::types::JobDetail;
     use barn_protocol::message::Job;

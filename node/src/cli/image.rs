@@ -8,8 +8,8 @@ use barn_protocol::jobfile::show_size;
 use clap::Subcommand;
 
 use crate::dirs::Dirs;
-use crate::runner::ImageStore;
-use crate::runner::image::recipe_names;
+use crate::store::ImageStore;
+use crate::store::images::recipe_names;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use barn_protocol::SecretKey;
 use clap::Subcommand;
 
 use crate::dirs::{Dirs, write_private_new};
+use crate::keys;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -30,22 +31,6 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
-}
-
-/// Loads a key file, naming the file in every error.
-pub fn load(path: &std::path::Path) -> Result<SecretKey> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("failed to read key {}", path.display()))?;
-    if meta.len() > 4096 {
-        bail!(
-            "key file {} is larger than 4 KiB: not a barn key",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read key {}", path.display()))?;
-    SecretKey::from_file_text(&text)
-        .with_context(|| format!("key file {} is not a barn key", path.display()))
 }
 
 pub fn run(cmd: KeyCommand, dirs: &Dirs) -> Result<ExitCode> {
@@ -84,7 +69,7 @@ pub fn run(cmd: KeyCommand, dirs: &Dirs) -> Result<ExitCode> {
                     if node { " --node" } else { "" }
                 );
             }
-            print_public(&load(&path)?, node);
+            print_public(&keys::load(&path)?, node);
         }
     }
     Ok(ExitCode::SUCCESS)

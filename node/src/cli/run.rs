@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::exit;
 use crate::dirs::Dirs;
-use crate::runner::{self, Event, ImageStore, RunReport, RunRequest, Runner, RunnerConfig};
+use crate::runner::{self, Event, RunReport, RunRequest, Runner, RunnerConfig};
+use crate::store::ImageStore;
 
 /// The accelerator to ask for.
 #[derive(Debug, Clone, Copy, ValueEnum)]

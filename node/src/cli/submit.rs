@@ -14,7 +14,7 @@ use clap::Args;
 use crate::api::client::ApiClient;
 use crate::api::types::JobDetail;
 use crate::dirs::Dirs;
-use crate::runner::ImageStore;
+use crate::store::ImageStore;
 use crate::store::blobs::{BlobStore, BlobWriter};
 
 #[derive(Debug, Args)]
@@ -141,7 +141,7 @@ pub fn run(args: SubmitArgs, dirs: &Dirs) -> Result<ExitCode> {
             key_path.display()
         );
     }
-    let key = super::key::load(&key_path)?;
+    let key = crate::keys::load(&key_path)?;
     let expires = parse_duration(&args.expires)
         .with_context(|| format!("--expires {:?} is not a duration", args.expires))?;
     let wait = parse_duration(&args.wait_timeout)

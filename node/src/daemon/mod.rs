@@ -24,7 +24,8 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::dirs::{Dirs, write_private_new};
 use crate::net::swarm::{NetConfig, build_swarm};
-use crate::runner::{self, ImageStore, Runner, RunnerConfig};
+use crate::runner::{self, Runner, RunnerConfig};
+use crate::store::ImageStore;
 use crate::store::blobs::BlobStore;
 use crate::store::db::Db;
 
@@ -37,7 +38,7 @@ pub fn node_key(dirs: &Dirs) -> Result<SecretKey> {
         info!(path = %path.display(), node = %key.node_id(), "made a new node key");
         return Ok(key);
     }
-    crate::cli::key::load(&path)
+    Ok(crate::keys::load(&path)?)
 }
 
 /// Options that are not in the config file.

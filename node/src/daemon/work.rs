@@ -20,7 +20,8 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::net::blobs;
 use crate::runner::variation::Variation;
-use crate::runner::{self, ImageStore, RunRequest, Runner};
+use crate::runner::{self, RunRequest, Runner};
+use crate::store::ImageStore;
 use crate::store::blobs::{BlobStore, BlobWriter};
 
 /// Largest source accepted from a coordinator.

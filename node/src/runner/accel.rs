@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{ImageStore, RunRequest, Runner};
+use super::{RunRequest, Runner};
+use crate::store::{Image, ImageStore};
 
 /// How long the canary may take under KVM. A KVM boot takes well under a second.
 const CANARY_DEADLINE: Duration = Duration::from_secs(8);
@@ -76,7 +77,7 @@ pub async fn choose(
     if kvm { Accel::Kvm } else { Accel::Tcg }
 }
 
-async fn canary(runner: &Runner, image: super::Image, data_dir: &Path) -> bool {
+async fn canary(runner: &Runner, image: Image, data_dir: &Path) -> bool {
     let Ok(dir) = tempfile::Builder::new()
         .prefix("canary-")
         .tempdir_in(data_dir)

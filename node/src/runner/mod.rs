@@ -26,7 +26,6 @@
 
 pub mod accel;
 pub mod confine;
-pub mod image;
 pub mod input;
 pub mod output;
 mod phases;
@@ -49,7 +48,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-pub use image::{Image, ImageStore};
+use crate::store::Image;
 
 /// How long a guest may take to reach `barn: ready` under TCG before the run is an
 /// infrastructure error.

@@ -1,9 +1,12 @@
 //! Everything the node keeps on disk: the SQLite database ([`db`]: jobs, leases, results,
-//! known nodes, remembered message ids) and the content-addressed blob store ([`blobs`]:
-//! sources, outputs, logs, images), both synchronous.
+//! known nodes, remembered message ids), the content-addressed blob store ([`blobs`]:
+//! sources, outputs, logs, images) and the content-addressed image store ([`images`]: the
+//! unpacked guest images the runner boots, and building them), all synchronous.
 
 pub mod blobs;
 pub mod db;
+pub mod images;
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use db::{Db, DbError};
+pub use images::{Image, ImageStore};

@@ -47,11 +47,12 @@ use crate::dirs::Dirs;
 use crate::net::behaviour::{Behaviour, BehaviourEvent};
 use crate::net::codec::{Request, Response};
 use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, topic};
-use crate::runner::{ImageStore, Runner};
+use crate::runner::Runner;
 use crate::sched::availability::{self, Conditions};
 use crate::sched::coordinator::{self, Lease, LeaseState, Reputation};
 use crate::sched::volunteer::Action;
 use crate::sched::{Capabilities, Coordinator, Trust, Volunteer};
+use crate::store::ImageStore;
 use crate::store::blobs::BlobStore;
 use crate::store::db::{self, Db, JobRecord, ResultRecord};
 
