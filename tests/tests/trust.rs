@@ -3,6 +3,7 @@
 //! results a settlement names, each operator once, under the verifier's trust policy.
 //! The job detail comes from a stand-in for the node's API ([`barn_tests::fake`]), so the
 //! results can be what no honest farm produces.
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::fs;
 use std::path::Path;
