@@ -116,7 +116,13 @@ fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Re
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    envelopes.push(attest::export_summary(&job, &results, &key, now)?);
+    envelopes.push(attest::export_summary(
+        &job,
+        &results,
+        count.settlement.as_ref(),
+        &key,
+        now,
+    )?);
     let bytes = attest::to_file(&envelopes)?;
     // Check what is about to be written the way a recipient will.
     let report = attest::verify_file(&bytes).context("the export does not verify")?;

@@ -25,7 +25,7 @@ use std::fmt;
 
 use barn_protocol::message::{BuildResult, Job};
 use barn_protocol::operator::{CertError, OperatorCert};
-use barn_protocol::settlement::{SettledReplica, Settlement, SettlementError};
+use barn_protocol::settlement::{Settlement, SettlementError};
 use barn_protocol::{ContentHash, JobId, NodeId, OperatorId, Signed};
 
 use super::policy::Policy;
@@ -190,10 +190,7 @@ pub fn count(detail: &JobDetail) -> Result<Count, CountError> {
             continue;
         }
         let operator = match &out.settlement {
-            Some(s) => match s.message().replica_of(&digest) {
-                None => Err(Why::NotSettled),
-                Some(replica) => settled_operator(&out.job, s.message(), replica, &signed),
-            },
+            Some(s) => operator_in(&out.job, s.message(), &digest, &signed),
             None if leased.contains(view.node.as_str()) => Ok(OperatorId::of_node(&node)),
             None => Err(Why::NoLease),
         };
@@ -219,14 +216,17 @@ pub fn count(detail: &JobDetail) -> Result<Count, CountError> {
     Ok(out)
 }
 
-/// The operator of a settled replica, once its result is checked against the lease the
-/// settlement names and its certificate against the settlement's time.
-fn settled_operator(
+/// The operator `result` counts as in `settlement` of `job`: the settlement must name it
+/// by `digest` (blake3 of its envelope), it must match the lease the settlement names it
+/// under, and the operator must follow from the certificate at the settlement's time.
+/// `settlement` must already be checked against the job (`Settlement::check`).
+pub fn operator_in(
     job: &Signed<Job>,
     settlement: &Settlement,
-    replica: &SettledReplica,
+    digest: &ContentHash,
     result: &Signed<BuildResult>,
 ) -> Result<OperatorId, Why> {
+    let replica = settlement.replica_of(digest).ok_or(Why::NotSettled)?;
     let terms = LeaseTerms {
         job: settlement.job,
         lease: replica.lease,

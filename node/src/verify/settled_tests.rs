@@ -3,7 +3,7 @@
 use barn_protocol::SecretKey;
 use barn_protocol::message::LeaseId;
 use barn_protocol::operator::OperatorCert;
-use barn_protocol::settlement::VerdictKind;
+use barn_protocol::settlement::{SettledReplica, VerdictKind};
 
 use super::*;
 use crate::api::types::{JobView, LeaseView, ResultView};
