@@ -8,7 +8,7 @@
 //!   is checked against the job (its signer must be the job's coordinator, see
 //!   `Settlement::check`), and a listed result counts only when the settlement names it by
 //!   the blake3 of its envelope. Each named result is checked again against what the
-//!   settlement says of its lease ([`check_lease`]: node, lease, image, architecture,
+//!   settlement says of its lease ([`results::check_lease`]: node, lease, image, architecture,
 //!   variation) and its operator is re-derived from the certificate at the settlement's
 //!   time; a certificate that does not check, or that names another operator than the
 //!   settlement does, refuses that replica.
