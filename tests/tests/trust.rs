@@ -407,3 +407,67 @@ fn verify_refuses_a_settlement_not_signed_by_the_coordinator() {
         stderr(&out)
     );
 }
+
+#[test]
+fn verify_fails_on_a_tampered_result() {
+    let home = tempfile::tempdir().unwrap();
+    let job = job();
+    let [a, b, c] = [1, 2, 3].map(|i| built(&job, i, b"same"));
+    let settled = settle(&job, &[(1, &a), (2, &b), (3, &c)], None);
+    let mut d = detail(&job, &[&a, &b, &c], &settled);
+    // One bit of node 3's signature flipped behind the node's back.
+    let mut bytes = c.to_bytes();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    d["results"][2]["envelope"] = serde_json::Value::from(hex::encode(bytes));
+    let node = FakeNode::serving(d);
+    let out = verify(home.path(), &node, &job, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("does not verify"), "{}", stderr(&out));
+}
+
+#[test]
+fn attest_export_writes_only_settled_results_and_the_settlement() {
+    let home = tempfile::tempdir().unwrap();
+    let job = job();
+    let [a, b, c] = [1, 2, 3].map(|i| built(&job, i, b"same"));
+    let stray = built(&job, 4, b"same");
+    let settled = settle(&job, &[(1, &a), (2, &b), (3, &c)], None);
+    let node = FakeNode::serving(detail(&job, &[&a, &stray, &a, &b, &c], &settled));
+    let data = node.data_dir();
+    let data = data.to_str().unwrap();
+    // The exporter signs with its own node key.
+    let made = barn(home.path(), &["key", "new", "--node", "--data-dir", data]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let file = home.path().join("attest.json");
+    let id = JobId::of(&job).to_string();
+    let out = barn(
+        home.path(),
+        &[
+            "attest",
+            "export",
+            &id,
+            "--data-dir",
+            data,
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let envs: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(
+        envs.as_array().unwrap().len(),
+        4,
+        "three provenances and a summary"
+    );
+    let out = barn(home.path(), &["attest", "verify", file.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("reproducible (PASSED) over 3 result(s), 3 agreeing operator(s)")
+            && text.contains("settled by its coordinator"),
+        "{text}"
+    );
+    assert!(!text.contains(&key(4).node_id().to_string()), "{text}");
+}

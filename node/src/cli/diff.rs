@@ -908,6 +908,9 @@ mod tests {
                 view(3, 3, &other),
                 // Node 4's result, passed off as node 5's.
                 view(5, 4, &same),
+                // Node 6 holds no lease: its result would make `other` the majority's.
+                view(6, 6, &other),
+                view(7, 7, &other),
             ],
         };
         let client = fake_api(detail, blobs);
@@ -922,6 +925,12 @@ mod tests {
         assert_eq!(report.verdict, Kind::Differs);
         assert_eq!(report.majority.len(), 2);
         assert!(report.refused.contains_key(&key(5).node_id().to_string()));
+        assert_eq!(
+            report.ignored[&key(6).node_id().to_string()],
+            "the node holds no finished lease of the job"
+        );
+        assert_eq!(report.minority, vec![key(3).node_id().to_string()]);
+        assert!(!report.settled);
         let by_path: BTreeMap<&str, &FileReport> =
             report.files.iter().map(|f| (f.path.as_str(), f)).collect();
         assert_eq!(
