@@ -15,3 +15,4 @@ pub mod runner;
 pub mod sched;
 pub mod store;
 pub mod verify;
+pub mod view;

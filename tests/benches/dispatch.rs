@@ -2,7 +2,9 @@
 //! real processes): submit → grant (the coordinator's clock: submission accepted → lease
 //! granted, which includes the gossip announcement, the volunteer's claim and the grant),
 //! and grant → VM started (the volunteer's clock: fetching the source, and the VM's input
-//! and output disks). N jobs (default 20, `BENCH_JOBS`), three replicas each.
+//! and output disks), and submit → settled (the CLI's clock: `barn submit --wait` returns
+//! once the coordinator signed the settlement). N jobs (default 20, `BENCH_JOBS`), three
+//! replicas each.
 //!
 //! Run: `cargo bench -p barn-tests --bench dispatch`.
 
@@ -22,7 +24,9 @@ fn main() {
         "image = \"tiny-x86_64\"\narch = \"x86_64\"\n[[task]]\nname = \"noop\"\nrun = \"true\"\n",
     );
     let (mut to_grant, mut to_vm, mut total) = (vec![], vec![], vec![]);
+    let mut settled = vec![];
     for i in 0..jobs + 1 {
+        let started = std::time::Instant::now();
         let out = farm.submitter.barn(&[
             "submit",
             "--replicas",
@@ -43,6 +47,7 @@ fn main() {
         if i == 0 {
             continue; // warm-up: the volunteers fetch the image on their first job
         }
+        settled.push(started.elapsed().as_secs_f64() * 1000.0);
         let submitted = d["submitted_ms"].as_f64().unwrap();
         for lease in d["leases"].as_array().unwrap() {
             let granted = lease["granted_ms"].as_f64().unwrap();
@@ -69,4 +74,5 @@ fn main() {
     barn_tests::print_stats("submit → grant", to_grant);
     barn_tests::print_stats("grant → VM started", to_vm);
     barn_tests::print_stats("submit → VM started", total);
+    barn_tests::print_stats("submit → settled (barn submit --wait)", settled);
 }

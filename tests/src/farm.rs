@@ -1,6 +1,7 @@
 //! A farm of real `barn node` processes on 127.0.0.1: one submitter and N volunteers,
 //! connected by explicit addresses (no mDNS), each with its own directories. Dropping the
-//! farm stops every process (SIGTERM, then SIGKILL).
+//! farm stops every process (SIGTERM, then SIGKILL) and removes the directories, unless
+//! `BARN_KEEP_FARM` is set.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -88,6 +89,21 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// `barn job ID --json` on this node: `None` while the node does not know the job.
+    pub fn job(&self, id: &str) -> Option<serde_json::Value> {
+        let out = self.barn(&["job", id, "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "barn job {id} --json on {} printed no JSON ({e}): {}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        }))
     }
 
     /// The node's process id.
@@ -219,10 +235,16 @@ impl Farm {
     /// volunteers (1-based) started with the test-only output fault.
     pub fn start(image: &str, volunteers: usize, faulty: &[usize]) -> Self {
         crate::ensure_image(image);
+        // BARN_KEEP_FARM=1 keeps the nodes' directories and logs after the test, to read.
+        let keep = std::env::var_os("BARN_KEEP_FARM").is_some();
         let root = tempfile::Builder::new()
             .prefix("barn-farm-")
+            .disable_cleanup(keep)
             .tempdir()
             .unwrap_or_else(|e| panic!("{e}"));
+        if keep {
+            println!("farm kept in {}", root.path().display());
+        }
         let accel = ["--accel".to_string(), "tcg".to_string()];
         let submitter = spawn(root.path(), "submitter", &accel);
         give_image(image, &submitter.data);
@@ -261,8 +283,17 @@ impl Farm {
     /// Submits the job in `project` through the submitter with one replica, without
     /// waiting; returns its id.
     pub fn submit_one(&self, project: &crate::Project) -> String {
+        self.submit(project, 1)
+    }
+
+    /// Submits the job in `project` through the submitter with `replicas` replicas,
+    /// without waiting; returns its id.
+    pub fn submit(&self, project: &crate::Project, replicas: u8) -> String {
         let dir = project.path().to_str().unwrap_or(".");
-        let out = self.submitter.barn(&["submit", "--replicas", "1", dir]);
+        let replicas = replicas.to_string();
+        let out = self
+            .submitter
+            .barn(&["submit", "--replicas", &replicas, dir]);
         assert!(
             out.status.success(),
             "barn submit failed: {}",
@@ -272,8 +303,8 @@ impl Farm {
     }
 
     /// Starts one more volunteer (honest, trusting the project key) and waits until the
-    /// submitter has heard it.
-    pub fn add_volunteer(&mut self) {
+    /// submitter has heard it; returns it.
+    pub fn add_volunteer(&mut self) -> &Node {
         let i = self.volunteers.len() + 1;
         let extra = vec![
             "--bootstrap".to_string(),
@@ -286,6 +317,7 @@ impl Farm {
         self.volunteers
             .push(spawn(self.root.path(), &format!("volunteer-{i}"), &extra));
         self.wait_for_adverts(self.volunteers.len());
+        &self.volunteers[i - 1]
     }
 
     /// Waits until the submitter has heard `n` other nodes' adverts.

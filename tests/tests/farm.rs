@@ -502,10 +502,9 @@ fn a_job_stopped_by_barn_pause_stop_is_built_by_another_volunteer() {
     poll(60, "A runs the job", || {
         let jobs = json(&a.barn(&["jobs", "--json"]));
         let d = json(&farm.submitter.barn(&["job", &id, "--json"]));
-        let leased = d["leases"]
-            .as_array()?
-            .iter()
-            .any(|l| l["node"] == a_id.as_str() && l["state"] == "active");
+        let leased = d["leases"].as_array()?.iter().any(|l| {
+            l["node"] == a_id.as_str() && (l["state"] == "granted" || l["state"] == "running")
+        });
         (leased && jobs.as_array()?.iter().any(|j| j["id"] == id.as_str())).then_some(())
     });
 

@@ -517,6 +517,8 @@ mod tests {
 
     fn job_view(state: &str) -> JobView {
         JobView {
+            waiting: None,
+            verdict: None,
             id: job_id(),
             image: "tiny-x86_64".into(),
             arch: "x86_64".into(),
@@ -527,8 +529,6 @@ mod tests {
             created: 1,
             mine: true,
             submitter: "ed25519:00".into(),
-            waiting: None,
-            verdict: None,
         }
     }
 
@@ -538,6 +538,7 @@ mod tests {
             match cmd {
                 Command::Status(r) => {
                     let _ = r.send(StatusView {
+                        store_errors: 0,
                         node: "12D3KooWselfnode".into(),
                         version: "0.1.0".into(),
                         listen: vec![],
@@ -580,8 +581,8 @@ mod tests {
                 Command::Job(id, r) => {
                     let answer = if id == job_id() || job_id()[3..].starts_with(&id) {
                         Ok(JobDetail {
-                            submitted_ms: None,
                             settlement: None,
+                            submitted_ms: None,
                             job: job_view("running"),
                             envelope: String::new(),
                             leases: vec![LeaseView {

@@ -480,9 +480,11 @@ mod tests {
 
     fn detail(nodes: &[(&str, &str)]) -> JobDetail {
         JobDetail {
-            submitted_ms: None,
             settlement: None,
+            submitted_ms: None,
             job: JobView {
+                waiting: None,
+                verdict: None,
                 id: format!("b3:{}", "ab".repeat(32)),
                 image: "tiny".into(),
                 arch: "x86_64".into(),
@@ -493,14 +495,13 @@ mod tests {
                 created: 0,
                 mine: true,
                 submitter: String::new(),
-                waiting: None,
-                verdict: None,
             },
             envelope: String::new(),
             leases: vec![],
             results: nodes
                 .iter()
                 .map(|(node, status)| ResultView {
+                    late: false,
                     node: node.to_string(),
                     status: status.to_string(),
                     detail: None,
@@ -515,7 +516,6 @@ mod tests {
                     envelope: String::new(),
                     provenance_sig: None,
                     received: 0,
-                    late: false,
                 })
                 .collect(),
         }

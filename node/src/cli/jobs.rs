@@ -118,6 +118,16 @@ fn job_text(d: &JobDetail, now: u64) -> String {
         },
     );
     field("submitter", j.submitter.clone());
+    if let Some(w) = &j.waiting {
+        field("waiting", w.clone());
+    }
+    field(
+        "settled",
+        match &j.verdict {
+            Some(v) => format!("yes, {v} (only the results the settlement names count)"),
+            None => "not yet".into(),
+        },
+    );
     field("verdict", verdict(d));
 
     out.push_str("\nRESULTS\n");
@@ -211,6 +221,7 @@ mod tests {
 
     fn result(node: &str, status: &str, root: &str) -> ResultView {
         ResultView {
+            late: false,
             node: node.into(),
             status: status.into(),
             detail: (status == "failed").then(|| "task build exited 2".into()),
@@ -225,15 +236,16 @@ mod tests {
             envelope: String::new(),
             provenance_sig: None,
             received: 0,
-            late: false,
         }
     }
 
     fn detail(results: Vec<ResultView>) -> JobDetail {
         JobDetail {
-            submitted_ms: None,
             settlement: None,
+            submitted_ms: None,
             job: JobView {
+                waiting: None,
+                verdict: None,
                 id: format!("b3:{}", "ab".repeat(32)),
                 image: "tiny-x86_64".into(),
                 arch: "x86_64".into(),
@@ -244,8 +256,6 @@ mod tests {
                 created: 940,
                 mine: true,
                 submitter: "ed25519:00".into(),
-                waiting: None,
-                verdict: None,
             },
             envelope: String::new(),
             leases: vec![LeaseView {

@@ -103,7 +103,7 @@ pub fn run(args: NodeArgs, dirs: &Dirs) -> Result<ExitCode> {
                 cancel.cancel();
             })
         };
-        let r = daemon::run(dirs.clone(), cfg, opts, cancel).await;
+        let r = daemon::run(dirs.clone(), cfg, opts, cancel, crate::api::server::serve).await;
         signals.abort();
         r
     })?;

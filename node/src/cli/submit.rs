@@ -112,25 +112,38 @@ pub fn submit(
     Ok(ids)
 }
 
-/// Polls the job until `replicas` results that are not infrastructure errors are in.
+/// Polls the job until its coordinator has settled it, saying on stderr what it waits for
+/// ("waiting for 1 more volunteer for x86_64") whenever that changes.
 pub fn wait_for(api: &ApiClient, id: &str, timeout: Duration) -> Result<JobDetail> {
     let start = Instant::now();
+    let mut said: Option<String> = None;
     loop {
         let d = api.job(id)?;
-        let settled = d.results.iter().filter(|r| r.status != "error").count();
-        if settled >= usize::from(d.job.replicas) {
+        if d.settlement.is_some() {
             return Ok(d);
         }
+        if d.job.waiting != said {
+            if let Some(w) = &d.job.waiting {
+                eprintln!("{}: {w}", short_id(id));
+            }
+            said = d.job.waiting.clone();
+        }
         if start.elapsed() > timeout {
+            let why = d.job.waiting.map(|w| format!(" ({w})")).unwrap_or_default();
             bail!(
-                "gave up waiting after {}s: {} of {} results",
+                "gave up waiting after {}s: not settled, {} of {} results{why}",
                 timeout.as_secs(),
-                settled,
+                d.job.results,
                 d.job.replicas
             );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+fn short_id(id: &str) -> &str {
+    let id = id.trim_start_matches("b3:");
+    &id[..id.len().min(12)]
 }
 
 pub fn run(args: SubmitArgs, dirs: &Dirs) -> Result<ExitCode> {

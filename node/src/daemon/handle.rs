@@ -4,9 +4,7 @@
 use barn_protocol::ContentHash;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::api::types::{
-    Event, FetchResponse, JobDetail, JobView, NodeView, PauseView, StatusView,
-};
+use crate::view::{Event, FetchResponse, JobDetail, JobView, NodeView, PauseView, StatusView};
 
 /// Events kept for a slow subscriber before it misses some.
 pub const EVENT_BUFFER: usize = 256;

@@ -1,6 +1,8 @@
-//! The daemon `barn node`: one actor task ([`actor`]) owns the swarm, the database and the
-//! job table; the local API talks to it through a [`handle::NodeHandle`]; each leased job
-//! runs in its own task (`work`) that reports back to the actor.
+//! The daemon `barn node`: the node core ([`core`]) holds all protocol logic without I/O;
+//! one actor task ([`actor`]) owns the swarm and the core and carries out the core's
+//! effects; one store task writes the database; the local API talks to the actor through a
+//! [`handle::NodeHandle`]; each leased job runs in its own task (`work`) that reports back
+//! to the actor.
 //!
 //! Data dir layout: `node.key`, `barn.db` (SQLite, WAL), `blobs/` (content-addressed:
 //! sources, images as tars, artifacts, logs), `images/`, `work/` (VM scratch), `jobs/`
@@ -8,6 +10,7 @@
 //! `paused` while the owner has paused the node ([`owner::PauseFile`]).
 
 pub mod actor;
+pub mod core;
 pub mod handle;
 pub mod owner;
 mod views;
@@ -28,6 +31,7 @@ use crate::runner::{self, Runner, RunnerConfig};
 use crate::store::ImageStore;
 use crate::store::blobs::BlobStore;
 use crate::store::db::Db;
+use crate::store::ops::StoreTask;
 
 /// Loads the node key, making one on first start.
 pub fn node_key(dirs: &Dirs) -> Result<SecretKey> {
@@ -92,8 +96,20 @@ fn clean_temporary_files(data: &std::path::Path) {
     });
 }
 
-/// Runs the node until `cancel` fires.
-pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationToken) -> Result<()> {
+/// Runs the node until `cancel` fires. `serve_api` serves the local API on the listener
+/// with the token (`api::server::serve`); it is passed in, so that the daemon does not
+/// import the API that imports it.
+pub async fn run<F, Fut>(
+    dirs: Dirs,
+    cfg: Config,
+    opts: Options,
+    cancel: CancellationToken,
+    serve_api: F,
+) -> Result<()>
+where
+    F: FnOnce(handle::NodeHandle, tokio::net::TcpListener, String, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
     std::fs::create_dir_all(&dirs.data)
         .with_context(|| format!("failed to create {}", dirs.data.display()))?;
     clean_temporary_files(&dirs.data);
@@ -157,7 +173,7 @@ pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationTok
     let api_cancel = cancel.child_token();
     let (events, _) = tokio::sync::broadcast::channel(handle::EVENT_BUFFER);
     let handle = handle::NodeHandle::with_events(cmd_tx, events.clone());
-    let api = tokio::spawn(crate::api::server::serve(
+    let api = tokio::spawn(serve_api(
         handle,
         listener,
         token.clone(),
@@ -167,26 +183,92 @@ pub async fn run(dirs: Dirs, cfg: Config, opts: Options, cancel: CancellationTok
     eprintln!("barn node {} ({accel})", key.node_id());
     eprintln!("  api  http://{api_addr}/?token={token}");
 
-    let actor = actor::Actor::new(actor::Parts {
-        events,
-        key,
-        cfg,
-        opts,
-        dirs: dirs.clone(),
-        db,
-        blobs,
-        images,
-        runner,
-        accel,
-        swarm,
-        control,
-        paused,
-    });
+    let core =
+        self::core::Core::restore(core_config(&key, &cfg, &dirs, &runner, accel)?, &db, now())
+            .context("failed to read the node's state from its database")?;
+    let store = StoreTask::start(
+        Db::open(&dirs.data.join("barn.db")).context("failed to open the node database")?,
+    );
+    let actor = actor::Actor::new(
+        actor::Parts {
+            events,
+            key,
+            cfg,
+            opts,
+            dirs: dirs.clone(),
+            db,
+            store,
+            blobs,
+            images,
+            runner,
+            accel,
+            swarm,
+            control,
+            paused,
+        },
+        core,
+    );
     let result = actor.run(cmd_rx, cancel).await;
     api_cancel.cancel();
     let _ = api.await;
     let _ = std::fs::remove_file(dirs.data.join("api.addr"));
     result
+}
+
+/// What the node core is built with, from the config; the operator certificate is
+/// checked here so a bad one stops the start with its reason.
+fn core_config(
+    key: &SecretKey,
+    cfg: &Config,
+    dirs: &Dirs,
+    runner: &Runner,
+    accel: Accel,
+) -> Result<self::core::CoreConfig> {
+    let path = dirs.operator_cert();
+    let operator_cert = match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+        Ok(m) if m.len() > barn_protocol::operator::MAX_CERT as u64 => anyhow::bail!(
+            "{} is {} bytes, larger than an operator certificate can be ({})",
+            path.display(),
+            m.len(),
+            barn_protocol::operator::MAX_CERT
+        ),
+        Ok(_) => {
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            let operator =
+                barn_protocol::operator::OperatorCert::check(&bytes, &key.node_id(), now())
+                    .with_context(|| {
+                        format!("{} is not a valid certificate of this node", path.display())
+                    })?;
+            info!(%operator, "this node's operator");
+            Some(bytes)
+        }
+    };
+    Ok(self::core::CoreConfig {
+        key: key.clone(),
+        accel,
+        caps: crate::sched::Capabilities {
+            archs: vec!["x86_64".into()],
+            memory_bytes: cfg.max_memory_bytes,
+            // A node that cannot confine QEMU claims nothing (its runner refuses jobs).
+            slots: if runner.refusal().is_some() {
+                0
+            } else {
+                cfg.slots
+            },
+            max_disk_bytes: cfg.max_disk_bytes,
+            max_timeout_secs: cfg.max_timeout.as_secs(),
+        },
+        trust: crate::sched::Trust {
+            submitters: cfg.trusted.iter().copied().collect(),
+            accept_any: cfg.accept_any,
+        },
+        operator_cert,
+        announce_secs: cfg.announce_interval.as_secs(),
+        advert_secs: cfg.advert_interval.as_secs(),
+    })
 }
 
 fn write_api_files(data: &Path, addr: &str, token: &str) -> Result<()> {

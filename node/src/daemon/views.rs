@@ -1,13 +1,13 @@
-//! The API's views of the actor's state: built from the database and the schedulers.
+//! The views of the node (see [`crate::view`]): built from the node core and the database.
 
 use barn_protocol::message::{BuildResult, BuildStatus, Job, JobId, NodeAdvert};
 use barn_protocol::{NodeId, Signed};
 
 use super::actor::Actor;
 use super::now;
-use crate::api::types::*;
 use crate::sched::coordinator::LeaseState;
 use crate::store::db::{self, JobRecord};
+use crate::view::*;
 
 pub fn status(a: &Actor) -> StatusView {
     let p = a.parts();
@@ -17,7 +17,7 @@ pub fn status(a: &Actor) -> StatusView {
         listen: a.listen_addrs(),
         peers: a.peer_count(),
         slots: p.cfg.slots,
-        free_slots: a.volunteer().free_slots(),
+        free_slots: a.core().free_slots(),
         accel: p.accel.to_string(),
         images: p
             .images
@@ -28,6 +28,7 @@ pub fn status(a: &Actor) -> StatusView {
             .collect(),
         paused: a.paused(),
         unavailable: a.unavailable_words(),
+        store_errors: p.store.errors(),
     }
 }
 
@@ -73,15 +74,50 @@ pub fn nodes(a: &Actor) -> Vec<NodeView> {
 }
 
 fn job_view(a: &Actor, rec: &JobRecord) -> Option<JobView> {
-    let signed = Signed::<Job>::from_bytes(&rec.envelope).ok()?;
-    let job = signed.message();
-    let results = results_of(a, &rec.id);
-    let state = match a.coordinator().job(&rec.id) {
-        _ if rec.expires <= now() && rec.state == db::JobState::Open => "expired".to_string(),
-        Some(c) if c.complete() => "complete".into(),
+    // The core checked the jobs it knows once; others are checked here.
+    let job = match a.core().known(&rec.id) {
+        Some(k) => k.job.clone(),
+        None => Signed::<Job>::from_bytes(&rec.envelope)
+            .ok()?
+            .message()
+            .clone(),
+    };
+    let job = &job;
+    let settlement = a
+        .parts()
+        .db
+        .settlement(&rec.id)
+        .ok()
+        .flatten()
+        .and_then(|b| {
+            barn_protocol::settlement::Settlement::check(&b, &rec.id, &job.coordinator).ok()
+        });
+    let verdict = settlement
+        .as_ref()
+        .map(|s| s.message().verdict.word().to_string());
+    // Once settled, only the results the settlement names count.
+    let results: Vec<Signed<BuildResult>> = match &settlement {
+        None => results_of(a, &rec.id),
+        Some(s) => a
+            .parts()
+            .db
+            .list_results(&rec.id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| {
+                s.message()
+                    .replica_of(&barn_protocol::ContentHash::of(&r.envelope))
+                    .is_some()
+            })
+            .filter_map(|r| Signed::<BuildResult>::from_bytes(&r.envelope).ok())
+            .collect(),
+    };
+    let state = match a.core().coordinator().job(&rec.id) {
+        Some(c) if c.settled => "complete".to_string(),
+        None if verdict.is_some() || rec.state == db::JobState::Complete => "complete".into(),
+        _ if rec.expires <= now() && rec.state == db::JobState::Open => "expired".into(),
         Some(c) if c.held() >= c.wanted() => "running".into(),
         Some(_) => "open".into(),
-        None if rec.state == db::JobState::Complete => "complete".into(),
         None => "seen".into(),
     };
     Some(JobView {
@@ -98,8 +134,8 @@ fn job_view(a: &Actor, rec: &JobRecord) -> Option<JobView> {
         created: job.created,
         mine: rec.coordinated,
         submitter: rec.submitter.to_string(),
-        waiting: None,
-        verdict: None,
+        waiting: a.core().waiting(&rec.id, now()),
+        verdict,
     })
 }
 
@@ -150,18 +186,20 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
         }
     };
     let view = job_view(a, rec).ok_or("the stored job does not verify")?;
-    let leases = match a.coordinator().job(&rec.id) {
+    let leases = match a.core().coordinator().job(&rec.id) {
         Some(c) => c
             .leases
             .iter()
             .map(|l| LeaseView {
                 node: l.node.to_string(),
-                granted_ms: a.granted_ms.get(&l.id).copied(),
-                state: match l.state {
-                    LeaseState::Active => "active",
-                    LeaseState::Done => "done",
-                    LeaseState::Expired => "expired",
-                    LeaseState::Failed => "failed",
+                granted_ms: a
+                    .granted_ms
+                    .get(&(rec.id.to_string(), l.node.to_string()))
+                    .copied(),
+                state: if c.settled && l.state == LeaseState::Done {
+                    "settled"
+                } else {
+                    l.state.word()
                 }
                 .into(),
                 granted: l.granted,
@@ -227,7 +265,11 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
                 .flatten()
                 .map(hex::encode),
             received: r.received_at,
-            late: false,
+            late: a
+                .parts()
+                .db
+                .result_is_late(&rec.id, &r.node)
+                .unwrap_or(false),
         });
     }
     Ok(JobDetail {
@@ -236,6 +278,12 @@ pub fn job(a: &Actor, query: &str) -> Result<JobDetail, String> {
         envelope: hex::encode(&rec.envelope),
         leases,
         results,
-        settlement: None,
+        settlement: a
+            .parts()
+            .db
+            .settlement(&rec.id)
+            .ok()
+            .flatten()
+            .map(hex::encode),
     })
 }

@@ -68,10 +68,20 @@ impl std::fmt::Debug for Context {
 pub struct WorkOutcome {
     pub job: JobId,
     pub result: Signed<BuildResult>,
+    /// The builder's signature over its provenance attestation (made here, off the
+    /// actor's loop), sent with the commitment.
+    pub provenance_sig: Option<[u8; 64]>,
 }
 
-/// Runs `job` under `lease` and signs the result.
-pub async fn run(ctx: Context, id: JobId, lease: LeaseId, variant: u32, job: Job) -> WorkOutcome {
+/// Runs the signed job `signed` (id `id`) under `lease` and signs the result.
+pub async fn run(
+    ctx: Context,
+    id: JobId,
+    lease: LeaseId,
+    variant: u32,
+    signed: Signed<Job>,
+) -> WorkOutcome {
+    let job = signed.message().clone();
     let span = info_span!("job", job = %id.short());
     async move {
         let variation = Variation::for_replica(
@@ -91,9 +101,21 @@ pub async fn run(ctx: Context, id: JobId, lease: LeaseId, variant: u32, job: Job
             lease: Some(lease),
             ..result
         };
+        let result = Signed::sign(result, &ctx.key);
+        let key = ctx.key.clone();
+        let provenance_sig = {
+            let result = result.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::verify::attest::provenance_signature(&signed, &result, &key).ok()
+            })
+            .await
+            .ok()
+            .flatten()
+        };
         WorkOutcome {
             job: id,
-            result: Signed::sign(result, &ctx.key),
+            result,
+            provenance_sig,
         }
     }
     .instrument(span)

@@ -55,8 +55,11 @@ pub enum Response {
     Grant(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Received and accepted.
     Ack,
-    /// Refused before any work, with a reason for the peer's log.
-    Rejected(String),
+    /// A commitment received, and results are being taken: send the result now.
+    Reveal,
+    /// Refused: the typed reason says what the sender should do next
+    /// ([`barn_protocol::refusal::NextStep`]); its words are for logs only.
+    Refused(barn_protocol::Refusal),
 }
 
 impl Request {
@@ -145,7 +148,8 @@ impl std::fmt::Debug for Response {
         match self {
             Response::Grant(b) => write!(f, "Response::Grant({} bytes)", b.len()),
             Response::Ack => f.write_str("Response::Ack"),
-            Response::Rejected(reason) => write!(f, "Response::Rejected({reason:?})"),
+            Response::Reveal => f.write_str("Response::Reveal"),
+            Response::Refused(r) => write!(f, "Response::Refused({r})"),
         }
     }
 }
@@ -276,7 +280,7 @@ mod tests {
         for res in [
             Response::Grant(vec![5; 100]),
             Response::Ack,
-            Response::Rejected("not trusted".into()),
+            Response::Refused(barn_protocol::Refusal::Full),
         ] {
             let mut wire = Cursor::new(Vec::new());
             block_on(codec.write_response(&PROTOCOL, &mut wire, res.clone())).unwrap();

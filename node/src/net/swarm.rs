@@ -17,8 +17,10 @@ use super::behaviour::Behaviour;
 pub const TOPIC_ADVERTS: &str = "barn/adverts/1";
 /// Gossip topic of signed `Job` announcements.
 pub const TOPIC_JOBS: &str = "barn/jobs/1";
-/// Gossip topic of result summaries.
+/// Gossip topic of settled results (published with their job's settlement).
 pub const TOPIC_RESULTS: &str = "barn/results/1";
+/// Gossip topic of coordinators' signed settlements.
+pub const TOPIC_SETTLEMENTS: &str = "barn/settlements/1";
 
 /// How long a connection with no open streams stays up.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -62,7 +64,7 @@ pub enum NetError {
     Subscribe { topic: String, reason: String },
 }
 
-/// Builds the node's swarm, starts listening on `cfg.listen`, subscribes to the three
+/// Builds the node's swarm, starts listening on `cfg.listen`, subscribes to the four
 /// topics, and dials `cfg.bootstrap` (a failed dial is logged, not fatal: the DHT and later
 /// dials can still find peers).
 pub fn build_swarm(
@@ -96,7 +98,7 @@ pub(crate) fn build_swarm_with(
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
 
-    for name in [TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS] {
+    for name in [TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, TOPIC_SETTLEMENTS] {
         swarm
             .behaviour_mut()
             .gossipsub

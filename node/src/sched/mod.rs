@@ -1,25 +1,21 @@
 //! Scheduling: which jobs a volunteer claims, and which claims a coordinator grants.
 //!
-//! Pure state machines, no I/O: the daemon's actor feeds them messages and the time, and
-//! carries out the actions they return. That keeps the rules testable in one process
-//! (see the harness in `tests.rs`), apart from libp2p and QEMU.
+//! Pure state machines, no I/O: the node core (`daemon::core`) feeds them checked
+//! messages and the time, and turns what they decide into effects. Their rules are tested
+//! through the core's in-memory farm (`daemon/core/tests.rs`), apart from libp2p and QEMU.
 //!
 //! ```text
 //! volunteer, per job:  Waiting ──claim──▶ Claiming ──granted──▶ Running ──▶ Done
 //!                         ▲                  │ denied / failed
 //!                         └──── retry later ─┘
-//! coordinator, per lease:  Active ──result──▶ Done
-//!                            │ no heartbeat before expiry ▶ Expired (the slot is free again)
-//!                            │ infrastructure error       ▶ Failed  (likewise)
+//! coordinator, per lease:  Granted ─▶ Running ─▶ Committed ─▶ Done ─▶ settled
+//!                            (see `coordinator` for when a lease is lost)
 //! ```
 
 pub mod availability;
 pub mod coordinator;
 pub mod volunteer;
 pub mod window;
-
-#[cfg(test)]
-mod tests;
 
 use std::collections::BTreeSet;
 

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use barn_protocol::message::{GrantDecision, Job, JobId, LeaseId, Unavailable};
+use barn_protocol::refusal::NextStep;
 use barn_protocol::{NodeId, SubmitterId};
 
 use super::{Capabilities, Mismatch, Trust, matches};
@@ -121,6 +122,30 @@ impl Volunteer {
         self.poll(now)
     }
 
+    /// A job known from before a restart: tried at the next poll.
+    pub fn remember(&mut self, id: JobId, job: Job, submitter: SubmitterId, now: u64) {
+        self.jobs.entry(id).or_insert(Known {
+            job,
+            submitter,
+            state: State::Waiting {
+                retry_at: now,
+                why: None,
+            },
+        });
+    }
+
+    /// A job this node already built (its result waits in the outbox): never claimed again.
+    pub fn on_built(&mut self, id: JobId, job: Job, submitter: SubmitterId) {
+        self.jobs.insert(
+            id,
+            Known {
+                job,
+                submitter,
+                state: State::Done,
+            },
+        );
+    }
+
     /// The coordinator answered a claim.
     pub fn on_grant(&mut self, id: &JobId, decision: &GrantDecision, now: u64) -> Vec<Action> {
         let mut out = Vec::new();
@@ -137,10 +162,18 @@ impl Volunteer {
                         variant: *variant,
                     });
                 }
-                GrantDecision::Denied { reason, .. } => {
-                    k.state = State::Waiting {
-                        retry_at: now + RETRY_SECS,
-                        why: Some(reason.clone()),
+                GrantDecision::Denied { reason, refusal } => {
+                    // What to do next is the refusal's type, never its words.
+                    let give_up = refusal
+                        .as_ref()
+                        .is_some_and(|r| r.next_step() == NextStep::GiveUp);
+                    k.state = if give_up {
+                        State::Done
+                    } else {
+                        State::Waiting {
+                            retry_at: now + RETRY_SECS,
+                            why: Some(reason.clone()),
+                        }
                     };
                 }
                 _ => {
@@ -166,6 +199,17 @@ impl Volunteer {
             };
         }
         self.poll(now)
+    }
+
+    /// Every job this scheduler knows, with its state.
+    pub fn known(&self) -> impl Iterator<Item = (&JobId, &State)> {
+        self.jobs.iter().map(|(id, k)| (id, &k.state))
+    }
+
+    /// Forgets jobs that expired before `now` (their announcements are stored elsewhere).
+    pub fn prune(&mut self, now: u64) {
+        self.jobs
+            .retain(|_, k| k.job.expires > now || matches!(k.state, State::Running { .. }));
     }
 
     /// A started job ended (whatever its result): its slot is free.

@@ -66,6 +66,28 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: the builder's signature over its own provenance attestation, sent with its
     // commitment (see verify::attest::provenance_signature).
     "ALTER TABLE results ADD COLUMN provenance BLOB;",
+    // 4: state that must survive a restart of either side (see `round.rs`): the
+    // coordinator's lease detail (variant, cap, operator, commitment, accepted result) and
+    // round (tie-breakers, reveal time), its signed settlement; results kept as late; the
+    // volunteer's undelivered results; and one reputation vote per job per node.
+    "ALTER TABLE leases ADD COLUMN detail BLOB;
+    ALTER TABLE jobs ADD COLUMN round BLOB;
+    ALTER TABLE jobs ADD COLUMN settlement BLOB;
+    ALTER TABLE results ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE outbox (
+        job_id      BLOB PRIMARY KEY,
+        lease       BLOB NOT NULL,      -- LeaseId, 16 bytes
+        coordinator BLOB NOT NULL,      -- NodeId, 32 bytes
+        result      BLOB NOT NULL,      -- the signed result
+        provenance  BLOB,               -- the builder's provenance signature, 64 bytes
+        committed   INTEGER NOT NULL    -- 1 once the coordinator took the commitment
+    ) STRICT;
+    CREATE TABLE votes (
+        job_id  BLOB NOT NULL,
+        node_id BLOB NOT NULL,
+        agreed  INTEGER NOT NULL,
+        UNIQUE (job_id, node_id)
+    ) STRICT;",
 ];
 
 /// The schema version this barn writes.
@@ -129,8 +151,14 @@ pub enum JobState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LeaseState {
-    /// Granted and renewed by heartbeats.
+    /// Granted and renewed by heartbeats (written before schema 4; read as running).
     Active,
+    /// Granted; no heartbeat yet.
+    Granted,
+    /// Renewed by heartbeats.
+    Running,
+    /// The volunteer committed to its result; kept until settlement.
+    Committed,
     /// A result came in under it.
     Completed,
     /// No heartbeat in time; the job may be granted again.
@@ -176,6 +204,9 @@ text_enum!(JobState, "jobs.state", {
 
 text_enum!(LeaseState, "leases.state", {
     Active => "active",
+    Granted => "granted",
+    Running => "running",
+    Committed => "committed",
     Completed => "completed",
     Expired => "expired",
     Released => "released",
@@ -232,7 +263,7 @@ pub struct NodeRecord {
 /// The database.
 #[derive(Debug)]
 pub struct Db {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 impl Db {
@@ -692,31 +723,31 @@ impl RawNode {
     }
 }
 
-fn bad(column: &'static str, reason: impl fmt::Display) -> DbError {
+pub(super) fn bad(column: &'static str, reason: impl fmt::Display) -> DbError {
     DbError::BadValue {
         column,
         reason: reason.to_string(),
     }
 }
 
-fn hash_col(column: &'static str, bytes: &[u8]) -> Result<ContentHash, DbError> {
+pub(super) fn hash_col(column: &'static str, bytes: &[u8]) -> Result<ContentHash, DbError> {
     let arr: [u8; 32] = bytes
         .try_into()
         .map_err(|_| bad(column, format!("expected 32 bytes, got {}", bytes.len())))?;
     Ok(ContentHash::from_bytes(arr))
 }
 
-fn node_col(column: &'static str, bytes: &[u8]) -> Result<NodeId, DbError> {
+pub(super) fn node_col(column: &'static str, bytes: &[u8]) -> Result<NodeId, DbError> {
     barn_protocol::identity::PublicKey::from_bytes(bytes)
         .map(NodeId)
         .map_err(|e| bad(column, e))
 }
 
-fn to_sql_time(t: u64) -> Result<i64, DbError> {
+pub(super) fn to_sql_time(t: u64) -> Result<i64, DbError> {
     i64::try_from(t).map_err(|_| DbError::TimeOutOfRange(t))
 }
 
-fn from_sql_u64(column: &'static str, t: i64) -> Result<u64, DbError> {
+pub(super) fn from_sql_u64(column: &'static str, t: i64) -> Result<u64, DbError> {
     u64::try_from(t).map_err(|_| bad(column, format!("negative value {t}")))
 }
 

@@ -1,0 +1,771 @@
+//! The node's actor: the one task that owns the swarm and the node core, and carries out
+//! what the core decides.
+//!
+//! Every loop turn takes one thing, in this order (`biased`): shutdown, a finished job
+//! task, a verdict computed off the loop, a checked submission, progress from a job task,
+//! a command from the API, the one-second tick, a swarm event. Each becomes an
+//! [`Input`] to [`Core::handle`], whose [`Effect`]s the actor executes: publishing and
+//! requests on the swarm, writes through the store task, VMs in job tasks, verdicts in
+//! blocking tasks. Nothing slow runs in the loop: hashing and tarring a submitted job's
+//! image, signing provenance and judging results all happen in tasks that report back.
+//!
+//! Once a second, and at once on `barn pause`/`barn resume`, the owner's conditions (the
+//! paused flag, `node.schedule`, `node.max_load`) are read into
+//! [`sched::availability`](crate::sched::availability) and given to the core.
+//!
+//! ```text
+//!  swarm event ─┐                         ┌─▶ swarm (publish, request, respond, validate)
+//!  tick ────────┤                         ├─▶ store task (Persist)
+//!  API command ─┼─▶ Input ─▶ Core::handle ┼─▶ job task (Start, Cancel) ──▶ Finished ─┐
+//!  job task ────┤                         ├─▶ blocking task (Judge) ──────▶ Judged ──┤
+//!  verdict ─────┘                         └─▶ events, adverts                        │
+//!       ▲───────────────────────────────────────────────────────────────────────────┘
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::Result;
+use barn_protocol::message::*;
+use barn_protocol::{ContentHash, NodeId, SecretKey, Signed};
+use libp2p::futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::core::{Acceptance, Core, Effect, Input, MsgRef, ReplyId, ReqId, Topic};
+use super::handle::Command;
+use super::owner::{self, PauseFile};
+use super::work::{self, Internal, WorkOutcome};
+use super::{Options, now};
+use crate::config::Config;
+use crate::dirs::Dirs;
+use crate::net::behaviour::{Behaviour, BehaviourEvent};
+use crate::net::codec::Response;
+use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, TOPIC_SETTLEMENTS, topic};
+use crate::runner::Runner;
+use crate::sched::availability::{self, Conditions};
+use crate::store::ImageStore;
+use crate::store::blobs::BlobStore;
+use crate::store::db::Db;
+use crate::store::ops::{StoreOp, StoreTask};
+use crate::verify::verdict::Verdict;
+use crate::view::{Event, FetchResponse, PauseView};
+
+/// What the actor is built from.
+pub struct Parts {
+    /// What happens, for `GET /api/events`.
+    pub events: tokio::sync::broadcast::Sender<Event>,
+    pub key: SecretKey,
+    pub cfg: Config,
+    pub opts: Options,
+    pub dirs: Dirs,
+    /// A connection for reading (views); every write goes through `store`.
+    pub db: Db,
+    pub store: StoreTask,
+    pub blobs: BlobStore,
+    pub images: ImageStore,
+    pub runner: Runner,
+    pub accel: Accel,
+    pub swarm: Swarm<Behaviour>,
+    pub control: libp2p_stream::Control,
+    /// The owner left the node paused (read from the data dir at start).
+    pub paused: bool,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("node", &self.key.node_id())
+            .field("accel", &self.accel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The actor.
+pub struct Actor {
+    p: Parts,
+    core: Core,
+    me: NodeId,
+    /// Requests in flight on the swarm, by libp2p's id.
+    requests: HashMap<OutboundRequestId, ReqId>,
+    /// Inbound requests awaiting the core's response.
+    replies: HashMap<ReplyId, ResponseChannel<Response>>,
+    next_reply: u64,
+    /// Gossip messages awaiting the core's validation.
+    gossip: HashMap<MsgRef, (gossipsub::MessageId, PeerId)>,
+    next_msg: u64,
+    tasks: JoinSet<WorkOutcome>,
+    judging: JoinSet<(JobId, Verdict)>,
+    /// Submissions being checked off the loop: (token, the envelope or why not).
+    submits: JoinSet<(u64, Result<Vec<u8>, String>)>,
+    submit_replies: HashMap<u64, oneshot::Sender<Result<String, String>>>,
+    next_token: u64,
+    /// Each running job's own token (a child of the node's).
+    cancels: BTreeMap<JobId, CancellationToken>,
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: mpsc::Receiver<Internal>,
+    /// Millisecond times of submissions and grants, for dispatch-latency figures.
+    pub(super) submitted_ms: HashMap<JobId, u64>,
+    pub(super) granted_ms: HashMap<(String, String), u64>,
+    /// The node's shutdown; each job task gets a child.
+    cancel: CancellationToken,
+    /// The owner's `barn pause`, and where it is kept across restarts.
+    paused: bool,
+    pause_file: PauseFile,
+    /// The load average could not be read once already (said once, not every second).
+    load_unreadable: bool,
+}
+
+impl std::fmt::Debug for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actor")
+            .field("me", &self.me)
+            .field("running", &self.core.running().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn topic_of(name: &str) -> Option<Topic> {
+    Some(match name {
+        TOPIC_JOBS => Topic::Jobs,
+        TOPIC_ADVERTS => Topic::Adverts,
+        TOPIC_RESULTS => Topic::Results,
+        TOPIC_SETTLEMENTS => Topic::Settlements,
+        _ => return None,
+    })
+}
+
+fn topic_name(t: Topic) -> &'static str {
+    match t {
+        Topic::Jobs => TOPIC_JOBS,
+        Topic::Adverts => TOPIC_ADVERTS,
+        Topic::Results => TOPIC_RESULTS,
+        Topic::Settlements => TOPIC_SETTLEMENTS,
+    }
+}
+
+impl Actor {
+    pub fn new(p: Parts, core: Core) -> Self {
+        let me = p.key.node_id();
+        let (internal_tx, internal_rx) = mpsc::channel(256);
+        let pause_file = PauseFile::new(&p.dirs.data);
+        Self {
+            paused: p.paused,
+            pause_file,
+            load_unreadable: false,
+            core,
+            me,
+            p,
+            requests: HashMap::new(),
+            replies: HashMap::new(),
+            next_reply: 0,
+            gossip: HashMap::new(),
+            next_msg: 0,
+            tasks: JoinSet::new(),
+            judging: JoinSet::new(),
+            submits: JoinSet::new(),
+            submit_replies: HashMap::new(),
+            next_token: 0,
+            cancels: BTreeMap::new(),
+            internal_tx,
+            internal_rx,
+            submitted_ms: HashMap::new(),
+            granted_ms: HashMap::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The loop.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        self.cancel = cancel.clone();
+        self.update_availability().await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(out) => {
+                        self.cancels.remove(&out.job);
+                        self.feed(Input::Finished {
+                            job: out.job,
+                            result: Box::new(out.result),
+                            provenance_sig: out.provenance_sig,
+                        }).await;
+                    }
+                    Err(e) => warn!("a job task failed: {e}"),
+                },
+                Some(done) = self.judging.join_next(), if !self.judging.is_empty() => match done {
+                    Ok((job, verdict)) => {
+                        self.feed(Input::Judged { job, verdict: Box::new(verdict) }).await
+                    }
+                    Err(e) => warn!("judging failed: {e}"),
+                },
+                Some(done) = self.submits.join_next(), if !self.submits.is_empty() => match done {
+                    Ok((token, Ok(envelope))) => self.feed(Input::Submit { token, envelope }).await,
+                    Ok((token, Err(why))) => {
+                        if let Some(reply) = self.submit_replies.remove(&token) {
+                            let _ = reply.send(Err(why));
+                        }
+                    }
+                    Err(e) => warn!("checking a submission failed: {e}"),
+                },
+                Some(msg) = self.internal_rx.recv() => match msg {
+                    Internal::Progress { job, phase, log_bytes } => {
+                        self.feed(Input::Progress { job, phase, log_bytes }).await
+                    }
+                },
+                Some(cmd) = commands.recv() => self.on_command(cmd).await,
+                // Timers before network events: a flood of gossip must not delay lease
+                // expiry or heartbeats.
+                _ = tick.tick() => {
+                    self.update_availability().await;
+                    self.feed(Input::Tick).await;
+                }
+                event = self.p.swarm.select_next_some() => self.on_swarm(event).await,
+            }
+        }
+        info!(
+            "shutting down: cancelling {} running job(s)",
+            self.core.running().len()
+        );
+        // Each job's token is a child of `cancel`: its VM gets the polite stop, then the
+        // task ends; whatever is still running after the grace period is aborted.
+        let tasks = &mut self.tasks;
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+        self.tasks.shutdown().await;
+        self.p.store.close().await;
+        Ok(())
+    }
+
+    /// Hands one input to the core and carries out what it decides.
+    async fn feed(&mut self, input: Input) {
+        let effects = self.core.handle(input, now());
+        for e in effects {
+            self.execute(e).await;
+        }
+    }
+
+    async fn execute(&mut self, effect: Effect) {
+        match effect {
+            Effect::Publish { topic: t, data } => self.publish(topic_name(t), data),
+            Effect::Send {
+                to,
+                req,
+                request,
+                addrs,
+            } => {
+                let peer = to.to_peer_id();
+                for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                    self.p.swarm.add_peer_address(peer, addr);
+                }
+                let id = self
+                    .p
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_request(&peer, request);
+                self.requests.insert(id, req);
+            }
+            Effect::Respond { reply, response } => {
+                if let Some(channel) = self.replies.remove(&reply)
+                    && self
+                        .p
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, response)
+                        .is_err()
+                {
+                    debug!("response not sent: the stream closed");
+                }
+            }
+            Effect::Validate { msg, acceptance } => {
+                if let Some((id, source)) = self.gossip.remove(&msg) {
+                    let a = match acceptance {
+                        Acceptance::Accept => gossipsub::MessageAcceptance::Accept,
+                        Acceptance::Reject => gossipsub::MessageAcceptance::Reject,
+                        Acceptance::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    };
+                    self.p.swarm.behaviour_mut().report_gossip(&id, &source, a);
+                }
+            }
+            Effect::Persist(op) => self.p.store.write(op).await,
+            Effect::Start {
+                job,
+                lease,
+                variant,
+                spec: _,
+            } => self.start(job, lease, variant),
+            Effect::Cancel { job } => {
+                if let Some(c) = self.cancels.get(&job) {
+                    info!(job = %job.short(), "stopped by the owner (barn pause --stop)");
+                    c.cancel();
+                }
+            }
+            Effect::Judge { job, spec, results } => {
+                self.judging
+                    .spawn_blocking(move || (job, crate::verify::verdict::judge(&spec, &results)));
+            }
+            Effect::Advertise => self.advertise().await,
+            Effect::Event(e) => {
+                if let Event::LeaseGranted { job, node } = &e {
+                    self.granted_ms
+                        .entry((job.clone(), node.clone()))
+                        .or_insert_with(now_ms);
+                }
+                let _ = self.p.events.send(e);
+            }
+            Effect::AddAddrs { node, addrs } => {
+                let peer = node.to_peer_id();
+                for addr in addrs.iter().filter_map(|s| s.parse::<Multiaddr>().ok()) {
+                    self.p.swarm.behaviour_mut().add_peer_address(&peer, addr);
+                }
+            }
+            Effect::Submitted { token, result } => {
+                if let Ok(id) = &result {
+                    self.submitted_ms.entry(*id).or_insert_with(now_ms);
+                }
+                if let Some(reply) = self.submit_replies.remove(&token) {
+                    let _ = reply.send(result.map(|id| id.to_string()));
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, name: &str, bytes: Vec<u8>) {
+        if let Err(e) = self
+            .p
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic(name), bytes)
+        {
+            debug!(topic = name, "gossip not sent: {e}");
+        }
+    }
+
+    fn start(&mut self, job: JobId, lease: LeaseId, variant: u32) {
+        let Some(signed) = self
+            .core
+            .known(&job)
+            .and_then(|k| Signed::<Job>::from_bytes(&k.envelope).ok())
+        else {
+            return;
+        };
+        let cancel = self.cancel.child_token();
+        self.cancels.insert(job, cancel.clone());
+        let ctx = work::Context {
+            key: self.p.key.clone(),
+            blobs: self.p.blobs.clone(),
+            images: self.p.images.clone(),
+            runner: self.p.runner.clone(),
+            control: self.p.control.clone(),
+            accel: self.p.accel,
+            out_dir: self.p.dirs.data.join("jobs").join(job.0.to_hex()),
+            internal: self.internal_tx.clone(),
+            fault_alter_outputs: self.p.opts.fault_alter_outputs,
+            cancel,
+        };
+        self.tasks
+            .spawn(work::run(ctx, job, lease, variant, signed));
+    }
+
+    async fn advertise(&mut self) {
+        let now = now();
+        let images = self.p.images.list().unwrap_or_default();
+        let advert = NodeAdvert {
+            node: self.me,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            archs: vec![ArchInfo {
+                isa: "x86_64".into(),
+                endian: Endian::Little,
+                data_model: "lp64".into(),
+                accel: self.p.accel,
+            }],
+            cpus: self.p.cfg.max_cpus,
+            memory_bytes: self.p.cfg.max_memory_bytes,
+            free_slots: self.core.free_slots(),
+            total_slots: self.p.cfg.slots,
+            images: images.into_iter().map(|i| (i.name, i.hash)).collect(),
+            addrs: self.p.swarm.listeners().map(|a| a.to_string()).collect(),
+            time: now,
+            expires: now + 3 * self.p.cfg.advert_interval.as_secs(),
+            unavailable: self.core.unavailable().to_vec(),
+        };
+        let bytes = Signed::sign(advert, &self.p.key).to_bytes();
+        self.p
+            .store
+            .write(StoreOp::UpsertAdvert {
+                node: self.me,
+                advert: bytes.clone(),
+                seen: now,
+            })
+            .await;
+        self.publish(TOPIC_ADVERTS, bytes);
+    }
+
+    /// Reads the owner's conditions and gives them to the core (which claims at once or
+    /// stops claiming, and advertises the change).
+    async fn update_availability(&mut self) {
+        let load = match self.p.cfg.max_load {
+            None => None,
+            Some(_) => match owner::load_average() {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    if !self.load_unreadable {
+                        warn!("node.max_load does not apply: {:#}", anyhow::Error::new(e));
+                        self.load_unreadable = true;
+                    }
+                    None
+                }
+            },
+        };
+        let why = availability::unavailable(&Conditions {
+            paused: self.paused,
+            schedule: self.p.cfg.schedule.as_ref(),
+            local: owner::local_now(),
+            max_load: self.p.cfg.max_load,
+            load,
+        });
+        if why.as_slice() == self.core.unavailable() {
+            return;
+        }
+        if why.is_empty() {
+            info!("taking work");
+        } else {
+            let words: Vec<String> = why.iter().map(|u| u.to_string()).collect();
+            info!(load = ?load, "not taking work: {}", words.join(", "));
+        }
+        self.feed(Input::Availability(why)).await;
+    }
+
+    /// `barn pause` (`stop`: `--stop`) and `barn resume`.
+    async fn set_paused(&mut self, paused: bool, stop: bool) -> Result<PauseView, String> {
+        self.pause_file
+            .store(paused, now())
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+        self.paused = paused;
+        let before: Vec<JobId> = self
+            .core
+            .running()
+            .iter()
+            .filter(|(_, r)| !r.stopped)
+            .map(|(j, _)| *j)
+            .collect();
+        if paused && stop {
+            self.feed(Input::StopRunning).await;
+        }
+        let running: Vec<String> = self
+            .core
+            .running()
+            .iter()
+            .filter(|(_, r)| !r.stopped)
+            .map(|(j, _)| j.to_string())
+            .collect();
+        let stopped: Vec<String> = before
+            .iter()
+            .map(|j| j.to_string())
+            .filter(|j| !running.contains(j))
+            .collect();
+        info!(
+            paused,
+            stopped = stopped.len(),
+            "the owner changed the paused flag"
+        );
+        self.update_availability().await;
+        Ok(PauseView {
+            paused,
+            running,
+            stopped,
+            unavailable: self.unavailable_words(),
+        })
+    }
+
+    /// Why no new job is claimed now, as words (empty: the node takes work).
+    pub(super) fn unavailable_words(&self) -> Vec<String> {
+        self.core
+            .unavailable()
+            .iter()
+            .map(|u| u.word().to_string())
+            .collect()
+    }
+
+    pub(super) fn paused(&self) -> bool {
+        self.paused
+    }
+
+    // ---- swarm ----
+
+    async fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.feed(Input::Subscribed {
+                    topic: Topic::Adverts,
+                })
+                .await;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let Some(t) = topic_of(message.topic.as_str()) else {
+                    self.p.swarm.behaviour_mut().report_gossip(
+                        &message_id,
+                        &propagation_source,
+                        gossipsub::MessageAcceptance::Reject,
+                    );
+                    return;
+                };
+                self.next_msg += 1;
+                let msg = MsgRef(self.next_msg);
+                self.gossip.insert(msg, (message_id, propagation_source));
+                self.feed(Input::Gossip {
+                    msg,
+                    topic: t,
+                    data: message.data,
+                })
+                .await;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                topic: t,
+                ..
+            })) => {
+                if let Some(topic) = topic_of(t.as_str()) {
+                    self.feed(Input::Subscribed { topic }).await;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let from = match NodeId::from_peer_id(&peer) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let refusal = barn_protocol::Refusal::Invalid { why: e.to_string() };
+                            let _ = self
+                                .p
+                                .swarm
+                                .behaviour_mut()
+                                .rpc
+                                .send_response(channel, Response::Refused(refusal));
+                            return;
+                        }
+                    };
+                    self.next_reply += 1;
+                    let reply = ReplyId(self.next_reply);
+                    self.replies.insert(reply, channel);
+                    self.feed(Input::Request {
+                        from,
+                        reply,
+                        request,
+                    })
+                    .await;
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let Some(req) = self.requests.remove(&request_id) else {
+                        return;
+                    };
+                    let Ok(from) = NodeId::from_peer_id(&peer) else {
+                        return;
+                    };
+                    self.feed(Input::Response {
+                        req,
+                        from,
+                        response,
+                    })
+                    .await;
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                },
+            )) => {
+                if let Some(req) = self.requests.remove(&request_id) {
+                    self.feed(Input::OutboundFailure {
+                        req,
+                        error: error.to_string(),
+                    })
+                    .await;
+                }
+            }
+            #[cfg(feature = "mdns")]
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    debug!(%peer, %addr, "found on the local network");
+                    self.p
+                        .swarm
+                        .behaviour_mut()
+                        .add_peer_address(&peer, addr.clone());
+                    self.p.swarm.add_peer_address(peer, addr);
+                    if !self.p.swarm.is_connected(&peer) {
+                        let _ = self.p.swarm.dial(peer);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                self.p.swarm.behaviour_mut().on_identify(&peer_id, &info);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- API commands ----
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(super::views::status(self));
+            }
+            Command::Nodes(reply) => {
+                let _ = reply.send(super::views::nodes(self));
+            }
+            Command::Jobs(reply) => {
+                let _ = reply.send(super::views::jobs(self));
+            }
+            Command::Job(id, reply) => {
+                let _ = reply.send(super::views::job(self, &id));
+            }
+            Command::Submit(bytes, reply) => self.submit(bytes, reply),
+            Command::Fetch { hash, node, reply } => self.fetch(hash, node, reply),
+            Command::Pause { stop, reply } => {
+                let _ = reply.send(self.set_paused(true, stop).await);
+            }
+            Command::Resume(reply) => {
+                let _ = reply.send(self.set_paused(false, false).await);
+            }
+        }
+    }
+
+    /// Checks a submission off the loop (signature, spec, coordinator, source, image blob:
+    /// tarring and hashing an image takes seconds), then hands it to the core.
+    fn submit(&mut self, bytes: Vec<u8>, reply: oneshot::Sender<Result<String, String>>) {
+        self.next_token += 1;
+        let token = self.next_token;
+        self.submit_replies.insert(token, reply);
+        let me = self.me;
+        let blobs = self.p.blobs.clone();
+        let images = self.p.images.clone();
+        self.submits.spawn_blocking(move || {
+            let check = || -> Result<Vec<u8>, String> {
+                let signed = Signed::<Job>::from_bytes(&bytes).map_err(|e| e.to_string())?;
+                barn_protocol::jobfile::validate(&signed.message().spec)?;
+                let job = signed.message();
+                if job.coordinator != me {
+                    return Err(format!(
+                        "the job names {} as its coordinator, not this node ({me})",
+                        job.coordinator
+                    ));
+                }
+                if !blobs.has(&job.source) {
+                    return Err(format!(
+                        "the source {} is not in this node's blob store",
+                        job.source
+                    ));
+                }
+                work::ensure_image_blob(&images, &blobs, &job.image_hash)
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(bytes)
+            };
+            (token, check())
+        });
+    }
+
+    fn fetch(
+        &mut self,
+        hash: ContentHash,
+        node: Option<String>,
+        reply: oneshot::Sender<Result<FetchResponse, String>>,
+    ) {
+        let blobs = self.p.blobs.clone();
+        let peers: Vec<PeerId> = match node {
+            Some(n) => match n.parse::<PeerId>() {
+                Ok(p) => vec![p],
+                Err(e) => {
+                    let _ = reply.send(Err(format!("{n:?} is not a peer id: {e}")));
+                    return;
+                }
+            },
+            None => self.p.swarm.connected_peers().copied().collect(),
+        };
+        for p in &peers {
+            if *p != *self.p.swarm.local_peer_id() && !self.p.swarm.is_connected(p) {
+                let _ = self.p.swarm.dial(*p);
+            }
+        }
+        let local = *self.p.swarm.local_peer_id();
+        let control = self.p.control.clone();
+        tokio::spawn(async move {
+            let result = work::fetch_from_any(
+                control,
+                &blobs,
+                hash,
+                peers.into_iter().filter(|p| *p != local).collect(),
+                work::MAX_IMAGE,
+            )
+            .await;
+            let _ = reply.send(result.map(|(path, size)| FetchResponse {
+                path: path.display().to_string(),
+                size,
+            }));
+        });
+    }
+
+    // ---- accessors for views ----
+
+    pub(super) fn parts(&self) -> &Parts {
+        &self.p
+    }
+    pub(super) fn me(&self) -> NodeId {
+        self.me
+    }
+    pub(super) fn core(&self) -> &Core {
+        &self.core
+    }
+    pub(super) fn is_connected(&self, peer: &PeerId) -> bool {
+        self.p.swarm.is_connected(peer)
+    }
+    pub(super) fn peer_count(&self) -> usize {
+        self.p.swarm.connected_peers().count()
+    }
+    pub(super) fn listen_addrs(&self) -> Vec<String> {
+        self.p.swarm.listeners().map(|a| a.to_string()).collect()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,185 @@
+//! Every write the node core asks for ([`StoreOp`]), and the one task that performs them.
+//!
+//! The core never touches SQLite: it returns `Persist(op)` effects, the actor hands them to
+//! the [`StoreTask`] in order, and the task applies each on its own thread. A write that
+//! fails is logged with its cause and counted ([`StoreTask::errors`], shown by
+//! `barn status`): never dropped silently. The in-memory harness applies the same ops to
+//! an in-memory database with [`apply`], so restarts there read what a real node would.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use barn_protocol::message::LeaseId;
+use barn_protocol::{JobId, NodeId};
+use tokio::sync::mpsc;
+use tracing::error;
+
+use super::db::{Db, DbError, JobRecord, JobState, ResultRecord};
+use super::round::{OutgoingRecord, Round};
+use crate::sched::coordinator::Lease;
+
+/// One write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreOp {
+    /// A job heard or submitted (kept if already stored).
+    InsertJob(JobRecord),
+    SetJobState(JobId, JobState),
+    /// A coordinator's lease, whole.
+    PutLease {
+        job: JobId,
+        lease: Box<Lease>,
+    },
+    SetRound {
+        job: JobId,
+        round: Round,
+    },
+    /// A result, with the builder's provenance signature; `late`: after settlement.
+    InsertResult {
+        record: ResultRecord,
+        provenance: Option<[u8; 64]>,
+        late: bool,
+    },
+    /// This node settled a job: the signed settlement and a vote per node.
+    Settle {
+        job: JobId,
+        settlement: Vec<u8>,
+        votes: Vec<(NodeId, bool)>,
+        now: u64,
+    },
+    /// A settlement heard from another coordinator.
+    PutSettlement {
+        job: JobId,
+        settlement: Vec<u8>,
+    },
+    UpsertAdvert {
+        node: NodeId,
+        advert: Vec<u8>,
+        seen: u64,
+    },
+    PutOutgoing(OutgoingRecord),
+    DeleteOutgoing(JobId),
+}
+
+impl StoreOp {
+    /// What the write does, completing "failed to …".
+    pub fn what(&self) -> String {
+        match self {
+            StoreOp::InsertJob(r) => format!("store job {}", r.id.short()),
+            StoreOp::SetJobState(j, s) => format!("mark job {} {s}", j.short()),
+            StoreOp::PutLease { job, lease } => {
+                format!(
+                    "store lease {} of job {}",
+                    short_lease(&lease.id),
+                    job.short()
+                )
+            }
+            StoreOp::SetRound { job, .. } => format!("store the round of job {}", job.short()),
+            StoreOp::InsertResult { record, .. } => format!(
+                "store the result of node {} for job {}",
+                record.node.short(),
+                record.job.short()
+            ),
+            StoreOp::Settle { job, .. } => format!("settle job {}", job.short()),
+            StoreOp::PutSettlement { job, .. } => {
+                format!("store the settlement of job {}", job.short())
+            }
+            StoreOp::UpsertAdvert { node, .. } => format!("store the advert of {}", node.short()),
+            StoreOp::PutOutgoing(o) => format!("keep the result of job {}", o.job.short()),
+            StoreOp::DeleteOutgoing(j) => format!("forget the result of job {}", j.short()),
+        }
+    }
+}
+
+fn short_lease(id: &LeaseId) -> String {
+    id.to_string().chars().take(8).collect()
+}
+
+/// Performs one write.
+pub fn apply(db: &mut Db, op: &StoreOp) -> Result<(), DbError> {
+    match op {
+        StoreOp::InsertJob(r) => db.insert_job(r).map(drop),
+        StoreOp::SetJobState(j, s) => db.set_job_state(j, *s).map(drop),
+        StoreOp::PutLease { job, lease } => db.put_lease(job, lease),
+        StoreOp::SetRound { job, round } => db.set_round(job, round),
+        StoreOp::InsertResult {
+            record,
+            provenance,
+            late,
+        } => db
+            .insert_result_with(record, provenance.as_ref(), *late)
+            .map(drop),
+        StoreOp::Settle {
+            job,
+            settlement,
+            votes,
+            now,
+        } => db.settle(job, settlement, votes, *now),
+        StoreOp::PutSettlement { job, settlement } => db.put_settlement(job, settlement),
+        StoreOp::UpsertAdvert { node, advert, seen } => db.upsert_node_advert(node, advert, *seen),
+        StoreOp::PutOutgoing(o) => db.put_outgoing(o),
+        StoreOp::DeleteOutgoing(j) => db.delete_outgoing(j),
+    }
+}
+
+/// Writes queued before the actor waits for the store.
+const QUEUE: usize = 1024;
+
+/// The store task: one thread that owns the writing connection.
+#[derive(Debug)]
+pub struct StoreTask {
+    tx: mpsc::Sender<StoreOp>,
+    errors: Arc<AtomicU64>,
+    /// Fires when the thread has applied the last write.
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl StoreTask {
+    /// Starts the task on `db`.
+    pub fn start(mut db: Db) -> Self {
+        let (tx, mut rx) = mpsc::channel::<StoreOp>(QUEUE);
+        let errors = Arc::new(AtomicU64::new(0));
+        let count = errors.clone();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("barn-store".into())
+            .spawn(move || {
+                while let Some(op) = rx.blocking_recv() {
+                    if let Err(e) = apply(&mut db, &op) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        error!(
+                            "store: failed to {}: {:#}",
+                            op.what(),
+                            anyhow::Error::new(e)
+                        );
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .map(drop)
+            .unwrap_or_else(|e| {
+                error!("store: failed to start its thread: {e}");
+                errors.fetch_add(1, Ordering::Relaxed);
+            });
+        Self { tx, errors, done }
+    }
+
+    /// Queues a write; waits while the queue is full, so nothing is dropped.
+    pub async fn write(&self, op: StoreOp) {
+        if let Err(mpsc::error::SendError(op)) = self.tx.send(op).await {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            error!("store: failed to {}: the store task has stopped", op.what());
+        }
+    }
+
+    /// Writes that failed since the start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Closes the queue and waits (at most 10 s) until every queued write is done.
+    pub async fn close(self) {
+        drop(self.tx);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.done).await;
+    }
+}

@@ -1,0 +1,493 @@
+//! Leases follow the work (issue 9), on real `barn node` processes: a replica that has
+//! committed keeps its lease until the job settles, so a volunteer that arrives after the
+//! lease time (30 s) still completes the job within seconds of its own commitment; and a
+//! volunteer killed with SIGKILL after it committed delivers its stored result once it
+//! runs again.
+//!
+//! The coordinator shows a lease as `granted`, `running`, `committed`, `settled`,
+//! `expired` or `failed`, and a settled job's verdict in `job.verdict`. Barn before the
+//! settlement showed `active`, `done`, `expired` or `failed`, no commitment at all, and a
+//! judged job as `complete`; the helpers read both, so that these tests show the bug on
+//! the old node and pass on the new one. Every wait is bounded and names what it waited
+//! for; a failure prints the timeline and every lease state the coordinator showed.
+//!
+//! `cargo nextest run -p barn-tests --test settle --no-capture` prints the timelines.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use barn_protocol::Signed;
+use barn_protocol::message::BuildResult;
+use barn_tests::Project;
+use barn_tests::farm::{Farm, Node};
+use serde_json::Value;
+
+/// A short, deterministic build with a timeout long against the lease time: a verdict that
+/// waits for the timeout comes minutes late, one that follows the work comes in seconds.
+const JOB: &str = "image = \"tiny-x86_64\"\narch = \"x86_64\"\ntimeout = \"5m\"\n\
+    source_date_epoch = 1700000000\nartifacts = [\"out/*\"]\n\
+    [[task]]\nname = \"build\"\nrun = \"mkdir -p out && cat msg.txt > out/msg && echo built\"\n";
+
+/// How long a lease lives without a heartbeat, on the coordinator.
+const LEASE_SECS: u64 = 30;
+
+/// Seconds to wait for volunteers to fetch the image and build under TCG.
+const BUILD_SECS: u64 = 180;
+
+/// The coordinator's view of one job, polled: the lease states it showed, with the second
+/// each was first seen, and a timeline of what the test did and saw.
+struct Watch {
+    id: String,
+    start: Instant,
+    /// Peer id → a short name for the report (`A`, `B`, …).
+    names: BTreeMap<String, String>,
+    /// (node, granted) → each state the lease was shown in, with when it was first seen.
+    leases: BTreeMap<(String, u64), Vec<(f64, String)>>,
+    timeline: Vec<(f64, String)>,
+    last: Value,
+}
+
+impl Watch {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            start: Instant::now(),
+            names: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            timeline: Vec::new(),
+            last: Value::Null,
+        }
+    }
+
+    fn secs(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn name(&mut self, node: &str, name: &str) {
+        self.names.insert(node.to_string(), name.to_string());
+    }
+
+    fn name_of(&self, node: &str) -> String {
+        self.names
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| node[node.len().saturating_sub(8)..].to_string())
+    }
+
+    /// Notes a step in the timeline (and prints it); returns its time.
+    fn mark(&mut self, what: &str) -> f64 {
+        let t = self.secs();
+        println!("settle: +{t:6.1}s  {what}");
+        self.timeline.push((t, what.to_string()));
+        t
+    }
+
+    /// `barn job ID --json` on the coordinator, recording every lease's state.
+    fn look(&mut self, farm: &Farm) -> Value {
+        let d = farm
+            .submitter
+            .job(&self.id)
+            .unwrap_or_else(|| panic!("the submitter does not know job {}", self.id));
+        let t = self.secs();
+        for l in d["leases"].as_array().into_iter().flatten() {
+            let key = (
+                l["node"].as_str().unwrap_or_default().to_string(),
+                l["granted"].as_u64().unwrap_or_default(),
+            );
+            let state = l["state"].as_str().unwrap_or_default().to_string();
+            let seen = self.leases.entry(key).or_default();
+            if seen.last().is_none_or(|(_, s)| *s != state) {
+                seen.push((t, state));
+            }
+        }
+        self.last = d.clone();
+        d
+    }
+
+    /// Polls the coordinator every half second until `f` returns `Some`, for at most
+    /// `secs`; then fails with `what` and the report.
+    fn until<T>(
+        &mut self,
+        farm: &Farm,
+        secs: u64,
+        what: &str,
+        mut f: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let d = self.look(farm);
+            if let Some(t) = f(&d) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs}s waiting for {what}\n{}",
+                self.report()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Keeps watching for `secs`.
+    fn idle(&mut self, farm: &Farm, secs: u64) {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            self.look(farm);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Every state `node`'s leases were shown in.
+    fn states_of(&self, node: &str) -> Vec<String> {
+        self.leases
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .flat_map(|(_, seen)| seen.iter().map(|(_, s)| s.clone()))
+            .collect()
+    }
+
+    /// The timeline, each lease's states and the job as last seen.
+    fn report(&self) -> String {
+        let mut out = format!("job {}, times from submission:\n", self.id);
+        let mut timeline = self.timeline.clone();
+        timeline.sort_by(|x, y| x.0.total_cmp(&y.0));
+        for (t, what) in &timeline {
+            let _ = writeln!(out, "  +{t:6.1}s  {what}");
+        }
+        // In the order they were first seen.
+        let mut leases: Vec<_> = self.leases.iter().collect();
+        leases.sort_by(|x, y| x.1[0].0.total_cmp(&y.1[0].0));
+        for ((node, granted), seen) in leases {
+            let states: Vec<String> = seen.iter().map(|(t, s)| format!("{s} @{t:.1}s")).collect();
+            let _ = writeln!(
+                out,
+                "  lease of {} (granted {granted}): {}",
+                self.name_of(node),
+                states.join(" → ")
+            );
+        }
+        let results: Vec<String> = self.last["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let node = self.name_of(r["node"].as_str().unwrap_or_default());
+                format!("{node} {}", r["status"])
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "  last seen: job {}\n  results: {}",
+            self.last["job"],
+            results.join(", ")
+        );
+        out
+    }
+}
+
+/// How a test could tell that a volunteer committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    /// The coordinator's lease says so (`committed`, `settled`, or the old `done`).
+    ByLease,
+    /// The old node, whose leases show no commitment: the lease is `active` and the
+    /// volunteer lists its own finished result, which it sends as its commitment in the
+    /// same step.
+    ByOwnResult,
+}
+
+/// The state of `node`'s latest lease in the job `d`.
+fn lease_state(d: &Value, node: &str) -> Option<String> {
+    d["leases"]
+        .as_array()?
+        .iter()
+        .rfind(|l| l["node"] == node)
+        .and_then(|l| l["state"].as_str())
+        .map(str::to_string)
+}
+
+/// The result `volunteer` (peer id `node`) built for job `id`, from its own node.
+fn own_result(volunteer: &Node, id: &str, node: &str) -> Option<Value> {
+    volunteer.job(id)?["results"]
+        .as_array()?
+        .iter()
+        .find(|r| r["node"] == node)
+        .cloned()
+}
+
+/// Whether `volunteer` (peer id `node`) has committed its replica of the job `d`.
+fn committed(d: &Value, volunteer: &Node, id: &str, node: &str) -> Option<Committed> {
+    match lease_state(d, node)?.as_str() {
+        "committed" | "settled" | "done" => Some(Committed::ByLease),
+        "active" => own_result(volunteer, id, node).map(|_| Committed::ByOwnResult),
+        _ => None,
+    }
+}
+
+/// The job's settled verdict word: `job.verdict` once the coordinator signed a settlement;
+/// the old node called a judged job `complete`, and its verdict is `barn verify`'s.
+fn verdict(farm: &Farm, d: &Value) -> Option<String> {
+    if let Some(v) = d["job"]["verdict"].as_str() {
+        return Some(v.to_string());
+    }
+    if d["job"]["state"] != "complete" {
+        return None;
+    }
+    let id = d["job"]["id"].as_str().unwrap();
+    let v = verify(farm, id).1;
+    Some(
+        v["verdict"]["verdict"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// `barn verify --json ID` on the submitter: its exit code and JSON.
+fn verify(farm: &Farm, id: &str) -> (Option<i32>, Value) {
+    let out = farm.submitter.barn(&["verify", "--json", id]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "barn verify printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+/// What a user checks once the job settled: the verdict is `reproducible`, from succeeded
+/// results of exactly `builders`, one each, every signature checked by `barn verify`.
+fn assert_reproducible_by(farm: &Farm, w: &Watch, word: &str, builders: &BTreeSet<String>) {
+    let report = w.report();
+    assert_eq!(word, "reproducible", "the settled verdict\n{report}");
+    let d = &w.last;
+    assert_eq!(
+        d["job"]["results"],
+        builders.len(),
+        "results counted\n{report}"
+    );
+    assert_eq!(d["job"]["succeeded"], builders.len(), "succeeded\n{report}");
+    let (code, v) = verify(farm, &w.id);
+    assert_eq!(code, Some(0), "barn verify's exit code: {v}\n{report}");
+    assert_eq!(v["verdict"]["verdict"], "reproducible", "{v}\n{report}");
+    let results = v["results"].as_array().unwrap();
+    let nodes: Vec<String> = results
+        .iter()
+        .map(|r| r["node"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        builders.len(),
+        "one result per builder: {v}\n{report}"
+    );
+    assert_eq!(
+        nodes.iter().cloned().collect::<BTreeSet<_>>(),
+        *builders,
+        "the results' builders: {v}\n{report}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == "succeeded" && r["signature"] == "ok"),
+        "{v}\n{report}"
+    );
+}
+
+/// Waits until both `a` and `b` (volunteers 1 and 2) have committed; returns how each was seen.
+fn wait_for_two_commitments(
+    farm: &Farm,
+    w: &mut Watch,
+    a: &str,
+    b: &str,
+) -> (Committed, Committed) {
+    let mut seen: [Option<(Committed, f64)>; 2] = [None, None];
+    let start = w.start;
+    let id = w.id.clone();
+    w.until(farm, BUILD_SECS, "volunteers A and B to commit", |d| {
+        for (i, node) in [a, b].into_iter().enumerate() {
+            if seen[i].is_none() {
+                seen[i] = committed(d, &farm.volunteers[i], &id, node)
+                    .map(|how| (how, start.elapsed().as_secs_f64()));
+            }
+        }
+        seen.iter().all(Option::is_some).then_some(())
+    });
+    let [Some((how_a, ta)), Some((how_b, tb))] = seen else {
+        unreachable!("both were seen");
+    };
+    for (name, how, t) in [("A", how_a, ta), ("B", how_b, tb)] {
+        w.timeline
+            .push((t, format!("{name} committed (seen {how:?})")));
+        println!("settle: +{t:6.1}s  {name} committed (seen {how:?})");
+    }
+    (how_a, how_b)
+}
+
+/// Waits until volunteer `i` (peer id `node`, named `name`) has committed, or the job has
+/// settled already; returns the time.
+fn wait_for_commitment(farm: &Farm, w: &mut Watch, i: usize, node: &str, name: &str) -> f64 {
+    let id = w.id.clone();
+    let how = w.until(
+        farm,
+        BUILD_SECS,
+        &format!("volunteer {name} to build and commit"),
+        |d| {
+            committed(d, &farm.volunteers[i], &id, node)
+                .map(|how| format!("{how:?}"))
+                .or_else(|| verdict(farm, d).map(|_| "the job settled".to_string()))
+        },
+    );
+    w.mark(&format!("{name} committed (seen {how})"))
+}
+
+/// The issue's farm: a submitter that does not build, two volunteers that build and commit,
+/// and a third that arrives after the lease time. The committed leases hold, and the job
+/// settles within seconds of the third commitment, not at the job's timeout.
+#[test]
+fn late_volunteer_settles_within_seconds() {
+    let mut farm = Farm::start("tiny-x86_64", 2, &[]);
+    let p = Project::new(JOB).file("msg.txt", "settled in seconds\n");
+    let id = farm.submit(&p, 3);
+    let mut w = Watch::new(&id);
+    w.mark(&format!("submitted {id} with 3 replicas, 2 volunteers"));
+    let submitter = farm.submitter.peer_id();
+    let a = farm.volunteers[0].peer_id();
+    let b = farm.volunteers[1].peer_id();
+    w.name(&submitter, "submitter");
+    w.name(&a, "A");
+    w.name(&b, "B");
+
+    // A and B build and commit; the third replica has nobody yet.
+    wait_for_two_commitments(&farm, &mut w, &a, &b);
+    let d = w.look(&farm);
+    assert_eq!(
+        verdict(&farm, &d),
+        None,
+        "settled with two of three replicas\n{}",
+        w.report()
+    );
+
+    // Longer than a lease lives without heartbeats: a committed lease must not lapse.
+    w.idle(&farm, LEASE_SECS + 5);
+    farm.add_volunteer();
+    let c = farm.volunteers[2].peer_id();
+    w.name(&c, "C");
+    w.mark("volunteer C started");
+    let tc = wait_for_commitment(&farm, &mut w, 2, &c, "C");
+
+    let word = w.until(&farm, 20, "the verdict, within 20 s of C's result", |d| {
+        verdict(&farm, d)
+    });
+    let tv = w.mark(&format!("verdict: {word}"));
+    println!(
+        "settle: the verdict came {:.1}s after C committed\n{}",
+        tv - tc,
+        w.report()
+    );
+
+    let report = w.report();
+    for (name, node) in [("A", &a), ("B", &b), ("C", &c)] {
+        let states = w.states_of(node);
+        assert!(
+            !states.is_empty(),
+            "{name}'s lease was never seen\n{report}"
+        );
+        assert!(
+            !states.iter().any(|s| s == "expired" || s == "failed"),
+            "{name}'s lease expired or failed: {states:?}\n{report}"
+        );
+    }
+    assert!(
+        w.states_of(&submitter).is_empty(),
+        "the submitter leased a replica of its own job\n{report}"
+    );
+    assert_reproducible_by(&farm, &w, &word, &[a, b, c].into_iter().collect());
+}
+
+/// A volunteer that committed and was then killed (its result not yet delivered: the
+/// reveal waits for the third replica) delivers the result it stored, not a new build,
+/// once it runs again, and the job settles with it.
+#[test]
+fn volunteer_killed_after_commit_delivers_after_restart() {
+    let mut farm = Farm::start("tiny-x86_64", 2, &[]);
+    let p = Project::new(JOB).file("msg.txt", "delivered after a restart\n");
+    let id = farm.submit(&p, 3);
+    let mut w = Watch::new(&id);
+    w.mark(&format!("submitted {id} with 3 replicas, 2 volunteers"));
+    let a = farm.volunteers[0].peer_id();
+    let b = farm.volunteers[1].peer_id();
+    w.name(&a, "A");
+    w.name(&b, "B");
+
+    let (_, how_b) = wait_for_two_commitments(&farm, &mut w, &a, &b);
+    // What B built, as B itself keeps it: after its restart it must deliver this very
+    // result, not build the job again.
+    let stored = own_result(&farm.volunteers[1], &id, &b)
+        .unwrap_or_else(|| panic!("B does not list the result it built\n{}", w.report()));
+    let stored = result_message(&stored);
+    if how_b == Committed::ByOwnResult {
+        // The old node: the commitment left in the step that stored the result; give it
+        // the moment it needs to cross the loopback.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    let pid = farm.volunteers[1].pid();
+    farm.volunteers[1].kill_hard();
+    w.mark(&format!("B (pid {pid}) killed with SIGKILL"));
+    // The reveal waits for the third replica: B's result is still only on B.
+    let d = w.look(&farm);
+    let taken = d["results"].as_array().unwrap();
+    assert!(
+        !taken.iter().any(|r| r["node"] == b.as_str()),
+        "the coordinator took B's result before the third replica committed\n{}",
+        w.report()
+    );
+    farm.volunteers[1].restart();
+    w.mark(&format!("B restarted (pid {})", farm.volunteers[1].pid()));
+    farm.add_volunteer();
+    let c = farm.volunteers[2].peer_id();
+    w.name(&c, "C");
+    w.mark("volunteer C started");
+    let tc = wait_for_commitment(&farm, &mut w, 2, &c, "C");
+
+    let word = w.until(&farm, 30, "the verdict, within 30 s of C's result", |d| {
+        verdict(&farm, d)
+    });
+    let tv = w.mark(&format!("verdict: {word}"));
+    println!(
+        "settle: the verdict came {:.1}s after C committed\n{}",
+        tv - tc,
+        w.report()
+    );
+    assert_reproducible_by(&farm, &w, &word, &[a, b.clone(), c].into_iter().collect());
+    let delivered = w.last["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == b.as_str())
+        .map(result_message)
+        .unwrap_or_else(|| panic!("no result from B\n{}", w.report()));
+    assert!(
+        delivered == stored,
+        "B's result is not the one it stored before it was killed (built again?): \
+         stored finished at {} in {} ms, delivered finished at {} in {} ms\n{}",
+        stored.finished,
+        stored.timings.total_ms,
+        delivered.finished,
+        delivered.timings.total_ms,
+        w.report()
+    );
+}
+
+/// The signed result in a `ResultView`, its signature checked here.
+fn result_message(r: &Value) -> BuildResult {
+    let bytes = hex::decode(r["envelope"].as_str().unwrap()).unwrap();
+    Signed::<BuildResult>::from_bytes(&bytes)
+        .unwrap_or_else(|e| panic!("a result that does not verify ({e}): {r}"))
+        .message()
+        .clone()
+}
