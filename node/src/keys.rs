@@ -56,8 +56,8 @@ pub fn load(path: &Path) -> Result<SecretKey, KeyFileError> {
     })
 }
 
-/// The largest operator certificate file read: a certificate's hex and a newline.
-pub const MAX_CERT_FILE: u64 = 2 * MAX_CERT as u64 + 2;
+/// The largest operator certificate file read: one certificate envelope.
+pub const MAX_CERT_FILE: u64 = MAX_CERT as u64;
 
 /// Why an operator certificate file could not be loaded; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +74,6 @@ pub enum CertFileError {
         path.display()
     )]
     TooLarge { path: PathBuf },
-    #[error("the operator certificate {} is not hex", path.display())]
-    NotHex { path: PathBuf },
     #[error("the operator certificate {} does not check", path.display())]
     Invalid {
         path: PathBuf,
@@ -84,13 +82,9 @@ pub enum CertFileError {
     },
 }
 
-/// The text of an operator certificate file: the signed `operator-cert` envelope in hex,
-/// so that it survives being pasted between machines.
-pub fn cert_file_text(signed_cert: &[u8]) -> String {
-    format!("{}\n", hex::encode(signed_cert))
-}
-
-/// Loads the operator certificate at `path` and checks it for `node` at unix second `now`:
+/// Loads the operator certificate at `path` (the signed `operator-cert` envelope's bytes,
+/// as `barn key certify` writes them and a claim carries them) and checks it for `node` at
+/// unix second `now`:
 /// its signed bytes (as a claim carries them) and its operator. `Ok(None)`: there is no
 /// certificate, and the node is its own operator.
 pub fn load_operator_cert(
@@ -112,10 +106,7 @@ pub fn load_operator_cert(
             path: path.to_path_buf(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(read)?;
-    let bytes = hex::decode(text.trim()).map_err(|_| CertFileError::NotHex {
-        path: path.to_path_buf(),
-    })?;
+    let bytes = std::fs::read(path).map_err(read)?;
     let operator =
         OperatorCert::check(&bytes, node, now).map_err(|source| CertFileError::Invalid {
             path: path.to_path_buf(),
@@ -146,9 +137,9 @@ mod tests {
             &op,
         )
         .to_bytes();
-        std::fs::write(&path, cert_file_text(&cert)).unwrap();
+        std::fs::write(&path, &cert).unwrap();
         let (bytes, operator) = load_operator_cert(&path, &node, 10).unwrap().unwrap();
-        assert_eq!((bytes, operator), (cert, OperatorId(op.public())));
+        assert_eq!((bytes, operator), (cert.clone(), OperatorId(op.public())));
         let other = SecretKey::from_seed([3; 32]).node_id();
         let err = load_operator_cert(&path, &other, 10).unwrap_err();
         assert!(
@@ -168,10 +159,19 @@ mod tests {
                 ..
             })
         ));
-        std::fs::write(&path, "zz\n").unwrap();
+        std::fs::write(&path, vec![0u8; MAX_CERT + 1]).unwrap();
         assert!(matches!(
             load_operator_cert(&path, &node, 10),
-            Err(CertFileError::NotHex { .. })
+            Err(CertFileError::TooLarge { .. })
+        ));
+        // Hex is not the format: the envelope's bytes are.
+        std::fs::write(&path, hex::encode(&cert)).unwrap();
+        assert!(matches!(
+            load_operator_cert(&path, &node, 10),
+            Err(CertFileError::Invalid {
+                source: CertError::Invalid(_),
+                ..
+            })
         ));
     }
 

@@ -65,7 +65,7 @@ fn an_operator_key_certifies_this_nodes_key() {
         let mode = fs::metadata(&cert).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let bytes = hex::decode(fs::read_to_string(&cert).unwrap().trim()).unwrap();
+    let bytes = fs::read(&cert).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -97,7 +97,7 @@ fn an_operator_key_certifies_this_nodes_key() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let bytes = hex::decode(fs::read_to_string(&file).unwrap().trim()).unwrap();
+    let bytes = fs::read(&file).unwrap();
     assert!(OperatorCert::check(&bytes, &other, now).is_ok());
     assert!(OperatorCert::check(&bytes, &node, now).is_err());
 }

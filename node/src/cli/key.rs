@@ -15,7 +15,7 @@ use barn_protocol::operator::OperatorCert;
 use barn_protocol::{NodeId, OperatorId, SecretKey, Signed};
 use clap::Subcommand;
 
-use crate::dirs::{Dirs, write_private_new};
+use crate::dirs::{Dirs, write_private_bytes_new, write_private_new};
 use crate::keys;
 
 /// The longest a certificate may be made for: ten years.
@@ -235,7 +235,7 @@ fn write_cert(path: &Path, cert: &[u8], force: bool) -> Result<()> {
         std::fs::remove_file(path)
             .with_context(|| format!("failed to remove {}", path.display()))?;
     }
-    write_private_new(path, &keys::cert_file_text(cert))
+    write_private_bytes_new(path, cert)
 }
 
 #[cfg(test)]
