@@ -12,7 +12,9 @@ use barn_protocol::manifest::{Manifest, TarLimits};
 use barn_protocol::message::{
     BlobRequest, BuildResult, Claim, Commitment, Grant, Heartbeat, Job, JobAnnounce, NodeAdvert,
 };
-use barn_protocol::{cbor, guest, jobfile};
+use barn_protocol::operator::OperatorCert;
+use barn_protocol::settlement::Settlement;
+use barn_protocol::{NodeId, cbor, guest, jobfile};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -51,6 +53,9 @@ pub fn envelope(data: &[u8]) {
     signed::<Heartbeat>(data);
     signed::<Commitment>(data);
     signed::<BuildResult>(data);
+    signed::<Settlement>(data);
+    signed::<OperatorCert>(data);
+    checks(data);
     if let Some(a) = roundtrip::<JobAnnounce>(data, JobAnnounce::MAX_SIZE) {
         signed::<Job>(&a.job);
     }
@@ -74,6 +79,35 @@ fn payload(bytes: &[u8]) {
     roundtrip::<Heartbeat>(bytes, 1 << 20);
     roundtrip::<Commitment>(bytes, 1 << 20);
     roundtrip::<BuildResult>(bytes, 1 << 20);
+    roundtrip::<Settlement>(bytes, 1 << 20);
+    roundtrip::<OperatorCert>(bytes, 1 << 20);
+}
+
+/// The checks a verifier runs on a settlement and an operator certificate from a peer:
+/// against the job and node they name themselves (so a valid one gets past the signature
+/// into the later checks), then each settled replica's certificate.
+fn checks(data: &[u8]) {
+    if let Ok(s) = Signed::<Settlement>::from_bytes(data) {
+        let coordinator = NodeId(s.signer());
+        if let Ok(s) = Settlement::check(data, &s.message().job, &coordinator) {
+            let s = s.message();
+            assert!(s.replicas.len() <= barn_protocol::settlement::MAX_SETTLED);
+            for r in &s.replicas {
+                let _ =
+                    OperatorCert::operator_of(r.cert.as_deref().map(|c| &c[..]), &r.node, s.time);
+                assert!(s.replica_of(&r.result).is_some());
+            }
+        }
+    }
+    if let Ok(c) = Signed::<OperatorCert>::from_bytes(data) {
+        let c = c.message();
+        if let Ok(op) = OperatorCert::check(data, &c.node, c.issued) {
+            assert_eq!(
+                op, c.operator,
+                "a certificate that checks names its operator"
+            );
+        }
+    }
 }
 
 /// Decodes a signed `T`; one that verifies must re-encode to the same bytes.

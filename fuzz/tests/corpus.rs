@@ -33,3 +33,25 @@ fn the_committed_corpus_passes_every_target() {
         assert!(inputs > 0, "the corpus of {name} is empty");
     }
 }
+
+/// The settlement and operator-certificate seeds are valid, so the fuzzer starts from
+/// inputs that get past the signature into the checks a verifier runs.
+#[test]
+fn the_settlement_and_certificate_seeds_pass_their_checks() {
+    use barn_protocol::envelope::Signed;
+    use barn_protocol::operator::OperatorCert;
+    use barn_protocol::settlement::Settlement;
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/envelope");
+    let bytes = fs::read(corpus.join("settlement")).unwrap();
+    let s = Signed::<Settlement>::from_bytes(&bytes).unwrap();
+    let coordinator = barn_protocol::NodeId(s.signer());
+    let s = Settlement::check(&bytes, &s.message().job, &coordinator).unwrap();
+    let replica = &s.message().replicas[0];
+    let cert = replica.cert.as_deref().unwrap();
+    assert_eq!(
+        OperatorCert::check(cert, &replica.node, s.message().time),
+        Ok(replica.operator)
+    );
+    let bytes = fs::read(corpus.join("operator-cert")).unwrap();
+    assert_eq!(&bytes, cert);
+}

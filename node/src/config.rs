@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::sched::window::{Schedule, Window};
+use crate::verify::policy::{Policy, RawPolicy};
 
 /// The commented default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -53,6 +54,11 @@ pub struct Config {
     pub trusted: Vec<SubmitterId>,
     /// Run jobs from any submitter.
     pub accept_any: bool,
+    /// `trust.builders` and `trust.quorum`: whose agreement makes this node's verdicts
+    /// (`barn verify`, `submit --wait`, `diff`, `attest`) reproducible. Both absent: any
+    /// two distinct operators; builders listed: at least `quorum` of them (default 1) must
+    /// be among the operators that agree, else the verdict is `unconfirmed`.
+    pub policy: Policy,
     /// Address of the local API (loopback only).
     pub api_listen: String,
     // The owner's limits on taking work (docs/volunteer-guide.md, "Staying in charge").
@@ -94,6 +100,9 @@ struct RawNode {
 struct RawTrust {
     submitters: Option<Vec<String>>,
     accept_any: Option<bool>,
+    // Spans kept so errors name the line (serde's flatten would lose them).
+    builders: Option<Spanned<Vec<Spanned<String>>>>,
+    quorum: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -118,6 +127,8 @@ const KNOWN: &[&str] = &[
     "node.max_load",
     "trust.submitters",
     "trust.accept_any",
+    "trust.builders",
+    "trust.quorum",
     "api.listen",
 ];
 
@@ -197,6 +208,11 @@ impl Config {
                 format!("{name}: trust.submitters: {s:?} is not a project key (ed25519:<64 hex>)")
             })?);
         }
+        let policy = RawPolicy {
+            builders: trust.builders,
+            quorum: trust.quorum,
+        }
+        .check(text, name, "trust.")?;
         let accel = node.accel.unwrap_or_else(|| "auto".into());
         if !["auto", "kvm", "tcg"].contains(&accel.as_str()) {
             bail!("{name}: node.accel = {accel:?}: write auto, kvm or tcg");
@@ -233,6 +249,7 @@ impl Config {
                 announce_interval: dur(node.announce_interval, "node.announce_interval", 10)?,
                 trusted,
                 accept_any: trust.accept_any.unwrap_or(false),
+                policy,
                 api_listen,
                 schedule,
                 max_load,
@@ -319,6 +336,31 @@ mod tests {
         assert!(format!("{e:#}").contains("loopback"));
         let e = Config::parse("[node]\nadvert_interval = \"soon\"\n", "c.toml").unwrap_err();
         assert!(format!("{e:#}").contains("node.advert_interval"));
+    }
+
+    #[test]
+    fn the_trust_policy_is_read_from_trust_builders_and_quorum() {
+        let op = barn_protocol::OperatorId(barn_protocol::SecretKey::from_seed([1; 32]).public());
+        let (c, w) = Config::parse(
+            &format!("[trust]\nsubmitters = []\nbuilders = [\"{op}\"]\n"),
+            "c.toml",
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.policy.builders.len(), 1);
+        assert_eq!(c.policy.quorum, 1);
+        let (c, _) = Config::parse("", "c.toml").unwrap();
+        assert!(c.policy.is_open());
+        let e = Config::parse("[trust]\nbuilders = [\"x\"]\n", "c.toml").unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "c.toml:2: trust.builders: \"x\" is not an operator id (operator:<64 hex>) or a peer id"
+        );
+        let e = Config::parse("[trust]\nquorum = 2\n", "c.toml").unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("c.toml:2: trust.quorum = 2: no builders are trusted"),
+            "{e:#}"
+        );
     }
 
     #[test]

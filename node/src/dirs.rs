@@ -57,6 +57,11 @@ impl Dirs {
 
 /// Writes `text` to a new file readable only by its owner; refuses to overwrite.
 pub fn write_private_new(path: &Path, text: &str) -> Result<()> {
+    write_private_bytes_new(path, text.as_bytes())
+}
+
+/// Writes `contents` to a new file readable only by its owner; refuses to overwrite.
+pub fn write_private_bytes_new(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -72,7 +77,7 @@ pub fn write_private_new(path: &Path, text: &str) -> Result<()> {
     let mut f = opts
         .open(path)
         .with_context(|| format!("failed to create {}", path.display()))?;
-    f.write_all(text.as_bytes())
+    f.write_all(contents)
         .with_context(|| format!("failed to write {}", path.display()))?;
     Ok(())
 }

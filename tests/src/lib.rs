@@ -1,6 +1,7 @@
 //! Helpers for barn's integration tests: locating the `barn` binary, running it, and
 //! making source trees.
 
+pub mod fake;
 pub mod farm;
 
 use std::path::PathBuf;

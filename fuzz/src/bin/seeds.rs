@@ -1,5 +1,5 @@
 //! Writes the binary part of the seed corpus: real signed envelopes of every message kind
-//! for `envelope`, and small output tars (GNU long names, PAX headers, links) for
+//! (settlements and operator certificates too) for `envelope`, and small output tars (GNU long names, PAX headers, links) for
 //! `output_tar`. Deterministic (a fixed key and ed25519's deterministic signatures), so a
 //! rerun rewrites the same bytes. The text seeds (console, status, job files) are plain
 //! files copied from `images/` and `examples/`.
@@ -14,7 +14,9 @@ use std::path::Path;
 use barn_protocol::envelope::{Message, Signed};
 use barn_protocol::manifest::{Entry, EntryKind, Manifest};
 use barn_protocol::message::*;
-use barn_protocol::{ContentHash, SecretKey, cbor};
+use barn_protocol::operator::OperatorCert;
+use barn_protocol::settlement::{SettledReplica, Settlement, VerdictKind};
+use barn_protocol::{ContentHash, OperatorId, SecretKey, cbor};
 use serde_bytes::ByteArray;
 
 fn main() -> io::Result<()> {
@@ -254,6 +256,47 @@ fn envelopes(dir: &Path) -> io::Result<()> {
         }),
     )?;
     signed("manifest", cbor::to_vec(&manifest()))?;
+    // An operator (another key) certifies the node; the coordinator settles with it.
+    let operator = SecretKey::from_seed([8; 32]);
+    let cert = Signed::sign(
+        OperatorCert {
+            operator: OperatorId(operator.public()),
+            node: key().node_id(),
+            issued: 1_700_000_000,
+            expires: 1_731_536_000,
+        },
+        &operator,
+    )
+    .to_bytes();
+    signed("operator-cert", cert.clone())?;
+    let result = sign(build_result(BuildStatus::Succeeded));
+    signed(
+        "settlement",
+        sign(Settlement {
+            job: job_id(),
+            replicas: vec![
+                SettledReplica {
+                    lease: lease(),
+                    node: key().node_id(),
+                    variant: 1,
+                    operator: OperatorId(operator.public()),
+                    cert: Some(serde_bytes::ByteBuf::from(cert)),
+                    result: ContentHash::of(&result),
+                },
+                SettledReplica {
+                    lease: LeaseId(ByteArray::new([3; 16])),
+                    node: operator.node_id(),
+                    variant: 0,
+                    operator: OperatorId::of_node(&operator.node_id()),
+                    cert: None,
+                    result: ContentHash::of(b"another result"),
+                },
+            ],
+            verdict: VerdictKind::Reproducible,
+            root: Some(manifest().root()),
+            time: 1_700_000_200,
+        }),
+    )?;
     Ok(())
 }
 

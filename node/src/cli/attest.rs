@@ -8,14 +8,13 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use barn_protocol::message::{BuildResult, Job};
+use barn_protocol::message::BuildResult;
 use barn_protocol::text::printable;
-use barn_protocol::{JobId, NodeId, Signed};
+use barn_protocol::{NodeId, Signed};
 use clap::Subcommand;
 
 use super::exit;
 use crate::api::client::ApiClient;
-use crate::api::types::JobDetail;
 use crate::dirs::Dirs;
 use crate::verify::attest;
 
@@ -54,8 +53,24 @@ pub fn run(cmd: AttestCommand, dirs: &Dirs) -> Result<ExitCode> {
 
 fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Result<ExitCode> {
     let detail = ApiClient::from_data_dir(&dirs.data)?.job(id)?;
-    let (job, results) = verified(&detail)?;
-    let job_id = JobId::of(&job);
+    // Only the results that count are exported: those the settlement names (or, before
+    // it, the coordinator's finished leases), each verified here.
+    let count = super::verify::count(&detail)?;
+    let job = count.job.clone();
+    let job_id = count.id;
+    let results: Vec<Signed<BuildResult>> =
+        count.counted.iter().map(|c| c.result.clone()).collect();
+    if results.is_empty() {
+        bail!(
+            "job {} has no result that counts yet{}",
+            job_id.short(),
+            if count.is_settled() {
+                ""
+            } else {
+                " (it is not settled)"
+            }
+        );
+    }
     let selected: Vec<&Signed<BuildResult>> = match node {
         None => results.iter().collect(),
         Some(n) => {
@@ -101,7 +116,13 @@ fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Re
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    envelopes.push(attest::export_summary(&job, &results, &key, now)?);
+    envelopes.push(attest::export_summary(
+        &job,
+        &results,
+        count.settlement.as_ref(),
+        &key,
+        now,
+    )?);
     let bytes = attest::to_file(&envelopes)?;
     // Check what is about to be written the way a recipient will.
     let report = attest::verify_file(&bytes).context("the export does not verify")?;
@@ -118,44 +139,6 @@ fn export(id: &str, node: Option<&str>, out: Option<PathBuf>, dirs: &Dirs) -> Re
         key.node_id()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The job and every result, each signature checked here rather than trusted to the daemon.
-fn verified(detail: &JobDetail) -> Result<(Signed<Job>, Vec<Signed<BuildResult>>)> {
-    let bytes = hex::decode(&detail.envelope).context("the job envelope is not hex")?;
-    let job = Signed::<Job>::from_bytes(&bytes).context("the job's signature does not verify")?;
-    let job_id = JobId::of(&job);
-    if job_id.to_string() != detail.job.id {
-        bail!(
-            "the node sent job {job_id} when asked for {}",
-            detail.job.id
-        );
-    }
-    let mut results = Vec::with_capacity(detail.results.len());
-    for view in &detail.results {
-        let bytes = hex::decode(&view.envelope)
-            .with_context(|| format!("the result envelope of {} is not hex", view.node))?;
-        let signed = Signed::<BuildResult>::from_bytes(&bytes)
-            .with_context(|| format!("the result of {} does not verify; refusing it", view.node))?;
-        let r = signed.message();
-        let signer = NodeId(signed.signer());
-        if signer != r.node || r.node.to_string() != view.node {
-            bail!(
-                "the result shown for {} is signed by {signer} for {}; refusing it",
-                view.node,
-                r.node
-            );
-        }
-        if r.job != job_id {
-            bail!(
-                "the result of {} is for job {}, not this one",
-                view.node,
-                r.job
-            );
-        }
-        results.push(signed);
-    }
-    Ok((job, results))
 }
 
 /// The node named by a full peer id or a unique suffix, among those with results.

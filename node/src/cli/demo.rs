@@ -17,6 +17,7 @@ use crate::api::client::ApiClient;
 use crate::dirs::Dirs;
 use crate::runner::{self, Runner, RunnerConfig};
 use crate::store::{Image, ImageStore};
+use crate::verify::policy::Policy;
 
 const HELLO_TOML: &str = include_str!("../../../examples/hello/barn.toml");
 const HELLO_NAME: &str = include_str!("../../../examples/hello/name.txt");
@@ -265,7 +266,8 @@ pub fn run(args: DemoArgs, dirs: &Dirs) -> Result<ExitCode> {
             args.volunteers
         );
         let d = super::submit::wait_for(&sub_api, id, Duration::from_secs(30 * 60))?;
-        code = code.max(super::verify::report(&d, false)?);
+        // A farm of fresh keys on one machine: no policy could trust them.
+        code = code.max(super::verify::report(&d, false, &Policy::default())?);
     }
 
     eprintln!("==> stopping the farm");

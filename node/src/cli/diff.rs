@@ -2,8 +2,10 @@
 //!
 //! The job and every result come from the running node's API but are verified here, as
 //! `barn fetch` does: the job envelope's signature and id, each result's signature, signer
-//! (= the node it is shown for), job and manifest root. A result that fails is left out
-//! and named. [`judge`] then names the differing files; for each, the variants (which
+//! (= the node it is shown for), job and manifest root. Only the results that count are
+//! compared ([`crate::verify::settled`]: those the settlement names, or before settlement
+//! the coordinator's finished leases); the others, and any that fails to verify, are left
+//! out and named. The verdict ([`crate::verify::verdict`]) then names the differing files; for each, the variants (which
 //! nodes made what) and, against the majority variant (or the first), what actually
 //! differs: in words for a missing file, a kind, an executable bit or a link target; for
 //! contents, both blobs are fetched, checked against their signed hashes, and shown with
@@ -24,19 +26,21 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use barn_protocol::jobfile::show_size;
 use barn_protocol::manifest::{Entry, EntryKind};
-use barn_protocol::message::{BuildResult, Job};
+use barn_protocol::message::BuildResult;
 use barn_protocol::text::{printable, printable_log};
-use barn_protocol::{ContentHash, JobId, NodeId, Signed};
+use barn_protocol::{ContentHash, NodeId};
 use clap::Args;
 use serde::Serialize;
 
 use super::view::{short_hash, short_job, short_node, table};
 use crate::api::client::ApiClient;
-use crate::api::types::{JobDetail, ResultView};
+use crate::api::types::ResultView;
 use crate::dirs::Dirs;
 use crate::verify::diff::{self as fallback, HEX_WINDOW, TEXT_LIMIT};
 use crate::verify::diffoscope;
-use crate::verify::verdict::{FileDiff, Kind, Verdict, judge};
+use crate::verify::policy::Policy;
+use crate::verify::settled;
+use crate::verify::verdict::{FileDiff, Kind, Verdict};
 
 /// The default for `--max-bytes`.
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -53,19 +57,26 @@ pub struct DiffArgs {
     /// sizes and hashes only.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BYTES)]
     max_bytes: u64,
+    /// Judge under the trust policy in FILE, as `barn verify --policy` does.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 /// What `barn diff` found, also its `--json` output.
 #[derive(Debug, Serialize)]
 struct Report {
     job: String,
+    /// The coordinator's signed settlement named the results compared; `false`: not
+    /// settled yet, the coordinator's finished leases did.
+    settled: bool,
     verdict: Kind,
     replicas: u8,
     compared: usize,
     majority: Vec<String>,
     minority: Vec<String>,
     failures: BTreeMap<String, String>,
-    /// Results left out by the verdict (another image or arch, infrastructure errors).
+    /// Results left out by the verdict (not counted: not settled, late, listed twice,
+    /// contradicting their lease; another image or arch, infrastructure errors).
     ignored: BTreeMap<String, String>,
     /// Results that did not verify, with why; never used.
     refused: BTreeMap<String, String>,
@@ -105,8 +116,9 @@ struct Comparison {
 }
 
 pub fn run(args: DiffArgs, dirs: &Dirs) -> Result<ExitCode> {
+    let policy = super::verify::policy(dirs, args.policy.as_deref())?;
     let client = ApiClient::from_data_dir(&dirs.data)?;
-    let (report, code) = diff(&client, &args)?;
+    let (report, code) = diff(&client, &args, &policy)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
@@ -115,31 +127,34 @@ pub fn run(args: DiffArgs, dirs: &Dirs) -> Result<ExitCode> {
 
 /// Finds and compares the differing files; prints as it goes unless `--json`. Returns the
 /// report and the exit code.
-fn diff(client: &ApiClient, args: &DiffArgs) -> Result<(Report, u8)> {
+fn diff(client: &ApiClient, args: &DiffArgs, policy: &Policy) -> Result<(Report, u8)> {
     let detail = client.job(&args.job)?;
-    let job = verified_job(&detail)?;
+    // Only the results that count are compared (the settlement's, or before it the
+    // coordinator's finished leases); the others are named, with why.
+    let count = settled::count(&detail).context("the job does not verify; refusing it")?;
     let mut refused = BTreeMap::new();
-    let mut results: Vec<(NodeId, BuildResult)> = Vec::new();
-    for view in &detail.results {
-        match verified_result(&detail, view) {
-            Ok(r) => results.push(r),
-            Err(err) => {
-                // The human summary lists it; JSON readers still hear of it on stderr.
-                if args.json {
-                    eprintln!("warning: {err:#}; left out");
-                }
-                refused.insert(view.node.clone(), format!("{err:#}"));
-            }
+    for r in count.invalid() {
+        let err = r.reason();
+        // The human summary lists it; JSON readers still hear of it on stderr.
+        if args.json {
+            eprintln!("warning: {err}; left out");
         }
+        refused.insert(r.node.clone(), err);
     }
-    let verdict = judge(&job, &results);
+    let verdict = count.verdict(policy);
+    let results: Vec<(NodeId, BuildResult)> = count
+        .counted
+        .iter()
+        .map(|c| (c.node, c.result.message().clone()))
+        .collect();
     let by_node: BTreeMap<String, &BuildResult> =
         results.iter().map(|(n, r)| (n.to_string(), r)).collect();
     let diffoscope = if args.json { None } else { diffoscope::find() };
-    // The same codes as `barn verify`: 0, 10 differs, 11 failed, 12 pending.
+    // The same codes as `barn verify`: 0, 10 differs, 11 failed, 12 pending, 13 unconfirmed.
     let code = super::verify::exit_code(verdict.verdict);
     let mut report = Report {
         job: detail.job.id.clone(),
+        settled: count.is_settled(),
         verdict: verdict.verdict,
         replicas: verdict.replicas,
         compared: verdict.compared,
@@ -178,28 +193,6 @@ fn diff(client: &ApiClient, args: &DiffArgs) -> Result<(Report, u8)> {
         report.files.push(fr);
     }
     Ok((report, code))
-}
-
-/// Decodes and verifies the job envelope and checks it is the job asked about.
-fn verified_job(detail: &JobDetail) -> Result<Job> {
-    let bytes = hex::decode(&detail.envelope).context("the job's envelope is not hex")?;
-    let signed = Signed::<Job>::from_bytes(&bytes)
-        .context("the job's signed envelope does not verify; refusing it")?;
-    let id = JobId::of(&signed);
-    if id.to_string() != detail.job.id {
-        bail!(
-            "the node showed job {} with the envelope of job {}; refusing it",
-            detail.job.id,
-            id
-        );
-    }
-    Ok(signed.message().clone())
-}
-
-/// Decodes and verifies a replica's signed result: signature, signer, job and root.
-fn verified_result(detail: &JobDetail, view: &ResultView) -> Result<(NodeId, BuildResult)> {
-    let signed = super::verify::verify_result(&detail.job.id, view)?;
-    Ok((NodeId(signed.signer()), signed.message().clone()))
 }
 
 /// The variants of one path, with sizes, and which is the base.
@@ -504,6 +497,18 @@ fn print_summary(report: &Report, verdict: &Verdict, results: &[ResultView]) {
             "job {job} is reproducible: all {} results agree: nothing to diff",
             verdict.compared
         ),
+        Kind::Unconfirmed => println!(
+            "job {job} is unconfirmed: all {} results agree (from {} distinct operator{}, {} \
+             of them trusted), nothing to diff",
+            verdict.compared,
+            verdict.agreeing_operators,
+            if verdict.agreeing_operators == 1 {
+                ""
+            } else {
+                "s"
+            },
+            verdict.trusted_operators
+        ),
         Kind::Pending => println!(
             "job {job} is pending: {} of {} replicas have a result to compare: nothing to diff yet",
             verdict.compared, verdict.replicas
@@ -537,6 +542,10 @@ fn print_summary(report: &Report, verdict: &Verdict, results: &[ResultView]) {
                 );
             }
         }
+        other => println!("job {job}: {}", other.word()),
+    }
+    if !report.settled {
+        println!("  not settled yet: comparing the results of the coordinator's finished leases");
     }
     for (node, why) in &verdict.ignored {
         println!("  left out {}: {}", short_node(node), printable(why));
@@ -622,6 +631,9 @@ mod tests {
     use std::{fs, thread};
 
     use super::*;
+    use crate::api::types::JobDetail;
+    use barn_protocol::message::Job;
+    use barn_protocol::{JobId, Signed};
 
     fn variants(rows: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
         rows.iter()
@@ -844,7 +856,6 @@ mod tests {
             }
         };
         let view = |shown_as: u8, signed_by: u8, entries: &[Entry]| ResultView {
-            late: false,
             node: key(shown_as).node_id().to_string(),
             status: "succeeded".into(),
             detail: None,
@@ -861,13 +872,12 @@ mod tests {
             ),
             provenance_sig: None,
             received: 0,
+            late: false,
         };
         let detail = JobDetail {
-            settlement: None,
             submitted_ms: None,
+            settlement: None,
             job: JobView {
-                waiting: None,
-                verdict: None,
                 id: id.to_string(),
                 image: "tiny-x86_64".into(),
                 arch: "x86_64".into(),
@@ -878,15 +888,29 @@ mod tests {
                 created: 0,
                 mine: true,
                 submitter: String::new(),
+                waiting: None,
+                verdict: None,
             },
             envelope: hex::encode(signed_job.to_bytes()),
-            leases: vec![],
+            // Not settled yet: the coordinator's finished leases count.
+            leases: [1, 2, 3, 5]
+                .map(|i| crate::api::types::LeaseView {
+                    node: key(i).node_id().to_string(),
+                    granted_ms: None,
+                    state: "done".into(),
+                    granted: 0,
+                    expires: 0,
+                })
+                .into(),
             results: vec![
                 view(1, 1, &same),
                 view(2, 2, &same),
                 view(3, 3, &other),
                 // Node 4's result, passed off as node 5's.
                 view(5, 4, &same),
+                // Node 6 holds no lease: its result would make `other` the majority's.
+                view(6, 6, &other),
+                view(7, 7, &other),
             ],
         };
         let client = fake_api(detail, blobs);
@@ -894,12 +918,19 @@ mod tests {
             job: id.to_string(),
             json: true,
             max_bytes: DEFAULT_MAX_BYTES,
+            policy: None,
         };
-        let (report, code) = diff(&client, &args).unwrap();
+        let (report, code) = diff(&client, &args, &Policy::default()).unwrap();
         assert_eq!(code, super::super::exit::DIFFERS);
         assert_eq!(report.verdict, Kind::Differs);
         assert_eq!(report.majority.len(), 2);
         assert!(report.refused.contains_key(&key(5).node_id().to_string()));
+        assert_eq!(
+            report.ignored[&key(6).node_id().to_string()],
+            "the node holds no finished lease of the job"
+        );
+        assert_eq!(report.minority, vec![key(3).node_id().to_string()]);
+        assert!(!report.settled);
         let by_path: BTreeMap<&str, &FileReport> =
             report.files.iter().map(|f| (f.path.as_str(), f)).collect();
         assert_eq!(

@@ -2,8 +2,10 @@
 //! through the running node's store.
 //!
 //! Nothing the daemon says is taken on trust here: the replica's signed `build-result`
-//! envelope is verified (signature, signer = the node, job, manifest root), and every
-//! byte written comes from that signed manifest and is checked against its hash. The
+//! envelope is verified (signature, signer = the node, job, manifest root), `barn fetch`
+//! takes only a result that counts ([`crate::verify::settled`]: named in the coordinator's
+//! settlement, or before it one of the coordinator's finished leases), and every byte
+//! written comes from that signed manifest and is checked against its hash. The
 //! manifest is treated as hostile when written out: paths are re-normalized, the output
 //! folder must be new or empty, nothing is written through a link, links are made last
 //! and may not point outside, even when followed through each other
@@ -17,9 +19,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use barn_protocol::ContentHash;
+use barn_protocol::JobId;
 use barn_protocol::jobfile::show_size;
 use barn_protocol::manifest::{self, Entry, EntryKind};
-use barn_protocol::message::BuildResult;
+use barn_protocol::message::BuildStatus;
 use barn_protocol::text::{printable, printable_bytes};
 use clap::Args;
 use serde::Serialize;
@@ -28,6 +31,8 @@ use super::view::{short_hash, short_job, short_node};
 use crate::api::client::ApiClient;
 use crate::api::types::{JobDetail, ResultView};
 use crate::dirs::Dirs;
+use crate::verify::results;
+use crate::verify::settled::{self, Count, Counted};
 
 #[derive(Debug, Args)]
 pub struct LogArgs {
@@ -43,7 +48,8 @@ pub struct LogArgs {
 pub struct FetchArgs {
     /// The job: a full `b3:` id or a unique hex prefix.
     job: String,
-    /// The node whose artifacts to fetch (default: the first succeeded result).
+    /// The node whose artifacts to fetch (default: the first succeeded result that counts).
+    /// Only results that count are fetched: `barn verify` lists them.
     #[arg(long, short)]
     node: Option<String>,
     /// Where to write them; must be new or empty (default: ./barn-fetch-<job>).
@@ -58,7 +64,10 @@ pub fn run_log(args: LogArgs, dirs: &Dirs) -> Result<ExitCode> {
     let client = ApiClient::from_data_dir(&dirs.data)?;
     let detail = client.job(&args.job)?;
     let view = pick_result(&detail, &args.node)?;
-    let result = verified_result(&detail, view)?;
+    // Any verified result's log may be read, counted or not: a log is evidence, not a vote.
+    let job = results::check_job(&detail)?;
+    let (signed, _) = results::check_view(&JobId::of(&job), view)?;
+    let result = signed.message();
     let blob = client.fetch(&result.log_hash.to_string(), Some(&view.node))?;
     let path = Path::new(&blob.path);
     let (hash, _) = ContentHash::of_reader(open(path)?)
@@ -114,11 +123,9 @@ struct Written {
 pub fn run_fetch(args: FetchArgs, dirs: &Dirs) -> Result<ExitCode> {
     let client = ApiClient::from_data_dir(&dirs.data)?;
     let detail = client.job(&args.job)?;
-    let view = match &args.node {
-        Some(n) => pick_result(&detail, n)?,
-        None => first_succeeded(&detail)?,
-    };
-    let result = verified_result(&detail, view)?;
+    let count = settled::count(&detail).context("the job does not verify")?;
+    let (view, counted) = counted_result(&detail, &count, args.node.as_deref())?;
+    let result = counted.result.message();
     let out = args
         .out
         .clone()
@@ -247,18 +254,61 @@ fn pick_result<'a>(detail: &'a JobDetail, wanted: &str) -> Result<&'a ResultView
     }
 }
 
-fn first_succeeded(detail: &JobDetail) -> Result<&ResultView> {
-    detail
+/// The result `barn fetch` takes: node `wanted`'s, or the first succeeded one, and only
+/// when it counts.
+fn counted_result<'a>(
+    detail: &'a JobDetail,
+    count: &'a Count,
+    wanted: Option<&str>,
+) -> Result<(&'a ResultView, &'a Counted)> {
+    let counted = match wanted {
+        Some(n) => {
+            let view = pick_result(detail, n)?;
+            match count
+                .counted
+                .iter()
+                .find(|c| c.node.to_string() == view.node)
+            {
+                Some(c) => c,
+                None => {
+                    let why: Vec<String> = count
+                        .refused
+                        .iter()
+                        .filter(|r| r.node == view.node)
+                        .map(settled::Refused::reason)
+                        .collect();
+                    bail!(
+                        "the result of node {} does not count ({}); `barn fetch` takes only \
+                         results that count, as `barn verify` lists them",
+                        short_node(&view.node),
+                        printable(&why.join("; "))
+                    );
+                }
+            }
+        }
+        None => count
+            .counted
+            .iter()
+            .find(|c| c.result.message().status == BuildStatus::Succeeded)
+            .with_context(|| {
+                format!(
+                    "job {} has no succeeded result that counts{}; {}",
+                    short_job(&detail.job.id),
+                    if count.is_settled() {
+                        ""
+                    } else {
+                        " (it is not settled yet)"
+                    },
+                    nodes_with_results(detail)
+                )
+            })?,
+    };
+    let view = detail
         .results
         .iter()
-        .find(|r| r.status == "succeeded")
-        .with_context(|| {
-            format!(
-                "job {} has no succeeded result; pick one with --node ({})",
-                short_job(&detail.job.id),
-                nodes_with_results(detail)
-            )
-        })
+        .find(|v| v.node == counted.node.to_string())
+        .with_context(|| format!("no result listed for node {}", counted.node))?;
+    Ok((view, counted))
 }
 
 fn nodes_with_results(detail: &JobDetail) -> String {
@@ -271,12 +321,6 @@ fn nodes_with_results(detail: &JobDetail) -> String {
         .map(|r| format!("{} ({}, {})", short_node(&r.node), r.status, r.node))
         .collect();
     format!("nodes with results: {}", list.join(", "))
-}
-
-/// Decodes and verifies a replica's signed result: signature, signer, job and root.
-fn verified_result(detail: &JobDetail, view: &ResultView) -> Result<BuildResult> {
-    let signed = super::verify::verify_result(&detail.job.id, view)?;
-    Ok(signed.message().clone())
 }
 
 /// A manifest's entries, checked and put in the order they are written.
@@ -421,7 +465,7 @@ fn make_link(_out: &Path, e: &Entry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::types::JobView;
+    use crate::api::types::{JobView, LeaseView};
 
     fn entry(path: &str, kind: EntryKind, target: Option<&str>) -> Entry {
         Entry {
@@ -502,7 +546,56 @@ mod tests {
         );
         let unknown = pick_result(&d, "zzzz").unwrap_err().to_string();
         assert!(unknown.contains("12D3KooWbbbb2222"), "{unknown}");
-        assert_eq!(first_succeeded(&d).unwrap().node, "12D3KooWbbbb2222");
+    }
+
+    #[test]
+    fn only_a_result_that_counts_is_fetched() {
+        use crate::verify::verdict::tests_support::{job, result};
+        use barn_protocol::{SecretKey, Signed};
+        let key = |i: u8| SecretKey::from_seed([i; 32]);
+        let signed_job = Signed::sign(job(2), &key(50));
+        let id = JobId::of(&signed_job);
+        let built = |i: u8| {
+            let mut r = result(&[("out/a", b"x")]);
+            r.job = id;
+            r.node = key(i).node_id();
+            Signed::sign(r, &key(i))
+        };
+        let (n1, n2) = (key(1).node_id().to_string(), key(2).node_id().to_string());
+        let mut d = detail(&[(&n2, "succeeded"), (&n1, "succeeded")]);
+        d.job.id = id.to_string();
+        d.envelope = hex::encode(signed_job.to_bytes());
+        d.results[0].envelope = hex::encode(built(2).to_bytes());
+        d.results[1].envelope = hex::encode(built(1).to_bytes());
+        // Not settled; only node 1 holds a finished lease. Node 2's result, listed first,
+        // was gossiped by a node nobody asked.
+        d.leases = vec![LeaseView {
+            node: n1.clone(),
+            granted_ms: None,
+            state: "done".into(),
+            granted: 0,
+            expires: 0,
+        }];
+        let count = settled::count(&d).unwrap();
+        let (view, counted) = counted_result(&d, &count, None).unwrap();
+        assert_eq!(
+            (view.node.as_str(), counted.node),
+            (n1.as_str(), key(1).node_id())
+        );
+        let e = counted_result(&d, &count, Some(&n2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not count (the node holds no finished lease of the job)"),
+            "{e}"
+        );
+        d.leases.clear();
+        let count = settled::count(&d).unwrap();
+        let e = counted_result(&d, &count, None).unwrap_err().to_string();
+        assert!(
+            e.contains("no succeeded result that counts (it is not settled yet)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub mod exit {
     pub const VERDICT_FAILED: u8 = 11;
     /// Verdict: not every replica has reported yet.
     pub const PENDING: u8 = 12;
+    /// Verdict: the results agree, but not by two distinct operators, or not by as many
+    /// builders the verifier trusts as its policy's quorum.
+    pub const UNCONFIRMED: u8 = 13;
 }
 
 /// barn: a peer-to-peer volunteer build farm.
@@ -94,7 +97,8 @@ enum Command {
     Pause(pause::PauseArgs),
     /// Let the running node take jobs again (within its schedule and load limit).
     Resume(pause::ResumeArgs),
-    /// Check every signature of a job's results here and print the verdict.
+    /// Check every signature of a job's settlement and results here and print the verdict
+    /// under your trust policy.
     Verify(verify::VerifyArgs),
     /// Sign DIR's job with the project key and hand it to the local node to coordinate.
     Submit(submit::SubmitArgs),

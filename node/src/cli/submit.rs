@@ -166,6 +166,7 @@ pub fn run(args: SubmitArgs, dirs: &Dirs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let policy = super::verify::policy(dirs, None)?;
     let api = ApiClient::from_data_dir(&dirs.data)?;
     let mut code = 0;
     for id in &ids {
@@ -173,7 +174,7 @@ pub fn run(args: SubmitArgs, dirs: &Dirs) -> Result<ExitCode> {
             eprintln!("submitted {id}; waiting for results");
         }
         let d = wait_for(&api, id, Duration::from_secs(wait))?;
-        code = code.max(super::verify::report(&d, args.json)?);
+        code = code.max(super::verify::report(&d, args.json, &policy)?);
     }
     Ok(ExitCode::from(code))
 }

@@ -225,26 +225,14 @@ fn core_config(
     accel: Accel,
 ) -> Result<self::core::CoreConfig> {
     let path = dirs.operator_cert();
-    let operator_cert = match std::fs::metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
-        Ok(m) if m.len() > barn_protocol::operator::MAX_CERT as u64 => anyhow::bail!(
-            "{} is {} bytes, larger than an operator certificate can be ({})",
-            path.display(),
-            m.len(),
-            barn_protocol::operator::MAX_CERT
-        ),
-        Ok(_) => {
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("failed to read {}", path.display()))?;
-            let operator =
-                barn_protocol::operator::OperatorCert::check(&bytes, &key.node_id(), now())
-                    .with_context(|| {
-                        format!("{} is not a valid certificate of this node", path.display())
-                    })?;
+    let operator_cert = match crate::keys::load_operator_cert(&path, &key.node_id(), now())
+        .context("this node's operator certificate does not check")?
+    {
+        Some((bytes, operator)) => {
             info!(%operator, "this node's operator");
             Some(bytes)
         }
+        None => None,
     };
     Ok(self::core::CoreConfig {
         key: key.clone(),

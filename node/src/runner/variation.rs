@@ -60,6 +60,16 @@ impl Variation {
         Self { applied }
     }
 
+    /// The dimensions replica `variant` of a job that varies `vary` changes: the keys of
+    /// its result's `variation`, whatever the node's CPU count. A coordinator and a
+    /// verifier check a result against its lease with this.
+    pub fn dimensions(vary: &[String], variant: u32) -> std::collections::BTreeSet<String> {
+        Self::for_replica(vary, variant, 1, 2)
+            .applied
+            .into_keys()
+            .collect()
+    }
+
     /// The `job/vary` file: `KEY=VALUE` lines the guest init applies.
     pub fn guest_file(&self) -> String {
         self.applied
@@ -109,5 +119,18 @@ mod tests {
             Some(1)
         );
         assert_eq!(c.guest_file(), "");
+        // What a verifier expects a replica to have varied: only the dimensions' names.
+        let vary = vec![
+            "cpus".to_string(),
+            "nonsense".to_string(),
+            "umask".to_string(),
+        ];
+        assert!(Variation::dimensions(&vary, 0).is_empty());
+        assert_eq!(
+            Variation::dimensions(&vary, 1),
+            std::collections::BTreeSet::from(["cpus".to_string()])
+        );
+        assert!(Variation::dimensions(&vary, 2).is_empty());
+        assert_eq!(Variation::dimensions(&vary, 4).len(), 2);
     }
 }

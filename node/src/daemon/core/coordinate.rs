@@ -5,7 +5,7 @@
 
 use barn_protocol::message::*;
 use barn_protocol::operator::OperatorCert;
-use barn_protocol::settlement::{SettledReplica, Settlement, VerdictKind};
+use barn_protocol::settlement::{SettledReplica, Settlement};
 use barn_protocol::{ContentHash, NodeId, Refusal, Signed, SubmitterId};
 use tracing::{debug, info, warn};
 
@@ -392,7 +392,7 @@ impl Core {
                 })
             })
             .collect();
-        let kind = verdict_kind(verdict.verdict);
+        let kind = verdict.verdict;
         let settlement = Settlement {
             job: id,
             replicas,
@@ -506,15 +506,5 @@ impl Core {
         let actions = self.volunteer.on_job(id, job, submitter, now);
         self.carry_out(actions, now, out);
         Ok(id)
-    }
-}
-
-/// The protocol's word for a verdict.
-fn verdict_kind(kind: Kind) -> VerdictKind {
-    match kind {
-        Kind::Reproducible => VerdictKind::Reproducible,
-        Kind::Differs => VerdictKind::Differs,
-        Kind::Failed => VerdictKind::Failed,
-        Kind::Pending => VerdictKind::Pending,
     }
 }

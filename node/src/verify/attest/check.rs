@@ -7,16 +7,17 @@ use std::fmt;
 
 use barn_protocol::envelope::Message;
 use barn_protocol::message::{BuildResult, Job};
+use barn_protocol::settlement::Settlement;
 use barn_protocol::{ContentHash, JobId, NodeId, Signed, VerifyError};
 use serde_json::Value;
 
 use super::dsse::{Envelope, decode_b64};
 use super::statement::{Verifier, node_uri, provenance_statement, summary_statement};
 use super::{
-    AttestError, BYPRODUCT_JOB, BYPRODUCT_RESULT, MAX_FILE, PAYLOAD_TYPE, PROVENANCE_V1,
-    STATEMENT_V1, VSA_V1,
+    AttestError, BYPRODUCT_JOB, BYPRODUCT_RESULT, BYPRODUCT_SETTLEMENT, MAX_FILE, PAYLOAD_TYPE,
+    PROVENANCE_V1, STATEMENT_V1, VSA_V1,
 };
-use crate::verify::verdict::{self, Kind};
+use crate::verify::verdict::Kind;
 
 /// Checks that `result` is its node's own and belongs to `job`.
 pub(super) fn check_result(
@@ -61,10 +62,16 @@ pub enum Checked {
         job: JobId,
         signers: Vec<NodeId>,
         verdict: Kind,
+        /// Distinct nodes among the inputs (a node listed twice counts once).
         results: usize,
         subjects: usize,
         /// blake3 of each embedded result envelope.
         inputs: BTreeSet<ContentHash>,
+        /// Distinct operators among the agreeing nodes.
+        agreeing_operators: usize,
+        /// The coordinator whose settlement named every input; `None`: not settled, the
+        /// inputs are the exporter's choice.
+        settled_by: Option<NodeId>,
     },
 }
 
@@ -109,17 +116,23 @@ impl fmt::Display for Checked {
                 verdict,
                 results,
                 subjects,
+                agreeing_operators,
+                settled_by,
                 ..
             } => write!(
                 f,
-                "summary of job {}: {} ({}) over {results} result(s), {subjects} subject(s); \
-                 verdict recomputed; signed by {}",
+                "summary of job {}: {} ({}) over {results} result(s), {agreeing_operators} \
+                 agreeing operator(s), {subjects} subject(s); {}; verdict recomputed; signed by {}",
                 job.short(),
                 verdict.word(),
                 if *verdict == Kind::Reproducible {
                     "PASSED"
                 } else {
                     "FAILED"
+                },
+                match settled_by {
+                    Some(c) => format!("settled by its coordinator {c}"),
+                    None => "not settled: the exporter chose the results".into(),
                 },
                 join(signers)
             ),
@@ -308,17 +321,24 @@ fn verify_summary(statement: &Value, signers: Vec<NodeId>) -> Result<Checked, At
         check_result(&id, &r)?;
         results.push(r);
     }
-    let expected = serde_json::to_value(summary_statement(&job, &results, verifier, time))?;
-    compare(statement, &expected)?;
-    let pairs: Vec<(NodeId, BuildResult)> = results
-        .iter()
-        .map(|r| (r.message().node, r.message().clone()))
-        .collect();
+    let settlement = match predicate.pointer("/barn/settlement") {
+        None | Some(Value::Null) => None,
+        Some(d) => {
+            let s: Signed<Settlement> = embedded(Some(d), BYPRODUCT_SETTLEMENT)?;
+            Some(
+                Settlement::check(&s.to_bytes(), &id, &job.message().coordinator)
+                    .map_err(AttestError::Settlement)?,
+            )
+        }
+    };
+    let (rebuilt, v) = summary_statement(&job, &results, settlement.as_ref(), verifier, time)?;
+    compare(statement, &serde_json::to_value(&rebuilt)?)?;
+    let distinct: BTreeSet<NodeId> = results.iter().map(|r| r.message().node).collect();
     Ok(Checked::Summary {
         job: id,
         signers,
-        verdict: verdict::judge(job.message(), &pairs).verdict,
-        results: results.len(),
+        verdict: v.verdict,
+        results: distinct.len(),
         subjects: statement
             .get("subject")
             .and_then(Value::as_array)
@@ -327,6 +347,8 @@ fn verify_summary(statement: &Value, signers: Vec<NodeId>) -> Result<Checked, At
             .iter()
             .map(|r| ContentHash::of(&r.to_bytes()))
             .collect(),
+        settled_by: settlement.map(|s| NodeId(s.signer())),
+        agreeing_operators: v.agreeing_operators,
     })
 }
 
@@ -632,7 +654,7 @@ mod tests {
     #[test]
     fn a_provenance_must_be_among_the_summary_inputs() {
         let (j, results, mut envs) = export([b"x", b"x"]);
-        envs[2] = export_summary(&j, &results[..1], &key(3), 0).unwrap();
+        envs[2] = export_summary(&j, &results[..1], None, &key(3), 0).unwrap();
         let err = inner(verify_file(&to_file(&envs).unwrap()).unwrap_err());
         assert!(matches!(err, AttestError::NotInSummary { node, .. } if node == key(2).node_id()));
     }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use barn_protocol::message::{BuildResult, Job};
+use barn_protocol::settlement::Settlement;
 use barn_protocol::{JobId, SecretKey, Signed};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -86,10 +87,12 @@ pub fn sign_provenance(
 }
 
 /// The verification summary of `results` of `job`, signed by `key` (the exporting node's),
-/// verified at unix second `time_verified`.
+/// verified at unix second `time_verified`. With the job's `settlement` (checked against
+/// the job), the summary embeds it and every result must be one it names.
 pub fn export_summary(
     job: &Signed<Job>,
     results: &[Signed<BuildResult>],
+    settlement: Option<&Signed<Settlement>>,
     key: &SecretKey,
     time_verified: u64,
 ) -> Result<Envelope, AttestError> {
@@ -102,7 +105,7 @@ pub fn export_summary(
         version: BTreeMap::from([("barn".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
     };
     sign_statement(
-        &summary_statement(job, results, verifier, rfc3339(time_verified)),
+        &summary_statement(job, results, settlement, verifier, rfc3339(time_verified))?.0,
         key,
     )
 }

@@ -94,7 +94,7 @@ pub(super) fn export(
         .iter()
         .map(|r| export_result(&j, r, &key(3)).unwrap())
         .collect();
-    envs.push(export_summary(&j, &results, &key(3), 1_700_000_200).unwrap());
+    envs.push(export_summary(&j, &results, None, &key(3), 1_700_000_200).unwrap());
     (j, results, envs)
 }
 

@@ -29,7 +29,9 @@
 //!   build results (digest and content), `verificationResult` `PASSED` only for a
 //!   reproducible verdict, `verifiedLevels` `["BARN_REPRODUCIBLE"]` or `["FAILED"]`, and a
 //!   `barn` extension with the verdict kind, the agreeing nodes (the majority), the others,
-//!   the failures and the signed job. Subjects: the agreed files when reproducible,
+//!   the failures, how many distinct operators agree and which operator each certified
+//!   node counts as, the signed job and, once the job is settled, the coordinator's signed
+//!   settlement (`barn-settlement`). Subjects: the agreed files when reproducible,
 //!   otherwise the job.
 //!
 //! barn owns no domain: its type URIs live under `barn.invalid`, a name reserved never to
@@ -58,8 +60,14 @@
 //!
 //! The VSA is signed by the exporter too (its verifier id must name the DSSE signer) and
 //! carries every result it judged, so [`verify_file`] re-runs [`verdict::judge`] on them and
-//! requires the same summary: only the verifier and the time are the exporter's word. A
-//! change to how barn judges therefore makes older summaries fail to verify, on purpose.
+//! requires the same summary: only the verifier and the time are the exporter's word. Each
+//! node counts once however often it is listed. When the summary carries the settlement,
+//! it must be signed by the job's coordinator and name every input (checked against its
+//! lease, operators from their certificates), so the exporter cannot choose the results;
+//! without one, the inputs are the exporter's choice and [`Checked::Summary`] says so. The
+//! verdict is judged under no trust policy (any two distinct operators): a recipient applies
+//! its own to the operators listed. A change to how barn judges therefore makes older
+//! summaries fail to verify, on purpose.
 //!
 //! [DSSE]: https://github.com/secure-systems-lab/dsse/blob/master/protocol.md
 //! [in-toto Statement v1]: https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md
@@ -74,11 +82,11 @@
 //!   functions that build them from signed envelopes.
 //! - `export.rs`: signing statements into envelopes and writing a file of them.
 //! - `check.rs`: reading a file back and verifying every envelope in it.
+//! - `summary_tests.rs`: summaries that list a node twice, and settled summaries.
 
 #![expect(
     clippy::result_large_err,
-    clippy::large_enum_variant,
-    reason = "errors and reports carry node and job ids by value; verifying a file is not a hot path"
+    reason = "errors carry node and job ids by value; verifying a file is not a hot path"
 )]
 
 mod check;
@@ -87,6 +95,8 @@ mod export;
 #[cfg(test)]
 mod fixtures;
 mod statement;
+#[cfg(test)]
+mod summary_tests;
 
 use barn_protocol::identity::KeyError;
 use barn_protocol::{JobId, NodeId, VerifyError};
@@ -125,6 +135,7 @@ pub const MAX_FILE: usize = 64 << 20;
 const BYPRODUCT_JOB: &str = "barn-job";
 const BYPRODUCT_RESULT: &str = "barn-build-result";
 const BYPRODUCT_LOG: &str = "barn-log";
+const BYPRODUCT_SETTLEMENT: &str = "barn-settlement";
 const DIGEST: &str = "blake3";
 
 /// Why an attestation could not be made or does not verify.
@@ -194,6 +205,10 @@ pub enum AttestError {
     Mismatch { field: String },
     #[error("the summary's verifier `{verifier}` is not its signer")]
     VerifierMismatch { verifier: String },
+    #[error("the summary's settlement does not check")]
+    Settlement(#[source] barn_protocol::settlement::SettlementError),
+    #[error("the result of node {node} does not count in the job's settlement: {why}")]
+    NotSettled { node: NodeId, why: String },
     #[error("the result of node {node} for job {job} is not among the summary's inputs")]
     NotInSummary { node: NodeId, job: JobId },
     #[error("failed to encode JSON")]

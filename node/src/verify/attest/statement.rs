@@ -5,17 +5,20 @@
 use std::collections::BTreeMap;
 
 use barn_protocol::message::{BuildResult, Job};
-use barn_protocol::{ContentHash, JobId, NodeId, Signed};
+use barn_protocol::settlement::Settlement;
+use barn_protocol::{ContentHash, JobId, NodeId, OperatorId, Signed};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    BUILD_TYPE, BYPRODUCT_JOB, BYPRODUCT_LOG, BYPRODUCT_RESULT, DIGEST, ENVELOPE_MEDIA_TYPE,
-    LEVEL_REPRODUCIBLE, POLICY, PROVENANCE_V1, STATEMENT_V1, VSA_V1,
+    AttestError, BUILD_TYPE, BYPRODUCT_JOB, BYPRODUCT_LOG, BYPRODUCT_RESULT, BYPRODUCT_SETTLEMENT,
+    DIGEST, ENVELOPE_MEDIA_TYPE, LEVEL_REPRODUCIBLE, POLICY, PROVENANCE_V1, STATEMENT_V1, VSA_V1,
 };
-use crate::verify::verdict::{self, Kind};
+use crate::verify::policy::Policy;
+use crate::verify::settled;
+use crate::verify::verdict::{self, Kind, Replica, Verdict};
 
 /// An in-toto Statement v1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,7 +176,7 @@ pub struct Verifier {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SummaryDetail {
-    /// `reproducible`, `differs`, `failed` or `pending`.
+    /// `reproducible`, `differs`, `failed`, `pending` or `unconfirmed`.
     pub verdict: String,
     /// The agreed manifest root, when reproducible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,8 +191,18 @@ pub struct SummaryDetail {
     pub failed: BTreeMap<String, String>,
     /// Paths on which succeeded builds differ.
     pub differing_files: Vec<String>,
+    /// Distinct operators among the agreeing nodes (a node without a certificate is its
+    /// own operator): what a recipient's trust policy is applied to.
+    pub agreeing_operators: usize,
+    /// Peer id → operator id, for nodes certified by an operator key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub operators: BTreeMap<String, String>,
     /// The signed job.
     pub job: ResourceDescriptor,
+    /// The coordinator's signed settlement, naming every input, when the job is settled.
+    /// Absent: the inputs are the exporter's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement: Option<ResourceDescriptor>,
 }
 
 /// `barn-node:<peer id>`, the builder and verifier id of a node.
@@ -298,18 +311,40 @@ pub fn provenance_statement(
 }
 
 /// The summary statement of `results` of `job`, as `verifier` saw it at `time_verified`.
+/// With the job's `settlement` (already checked against the job), every result must be one
+/// it names, and each counts as the operator it names; without, each node is its own
+/// operator. The verdict (returned with the statement) is judged under no trust policy: a
+/// recipient applies its own to the operators the summary lists.
 pub(super) fn summary_statement(
     job: &Signed<Job>,
     results: &[Signed<BuildResult>],
+    settlement: Option<&Signed<Settlement>>,
     verifier: Verifier,
     time_verified: String,
-) -> Statement<Summary> {
+) -> Result<(Statement<Summary>, Verdict), AttestError> {
     let id = JobId::of(job);
-    let pairs: Vec<(NodeId, BuildResult)> = results
-        .iter()
-        .map(|r| (r.message().node, r.message().clone()))
-        .collect();
-    let v = verdict::judge(job.message(), &pairs);
+    let mut replicas = Vec::with_capacity(results.len());
+    for r in results {
+        let node = r.message().node;
+        let operator = match settlement {
+            None => OperatorId::of_node(&node),
+            Some(s) => {
+                let digest = ContentHash::of(&r.to_bytes());
+                settled::operator_in(job, s.message(), &digest, r).map_err(|why| {
+                    AttestError::NotSettled {
+                        node,
+                        why: why.to_string(),
+                    }
+                })?
+            }
+        };
+        replicas.push(Replica {
+            node,
+            operator,
+            result: r.message(),
+        });
+    }
+    let v = verdict::judge_with(job.message(), &replicas, &Policy::default());
     let passed = v.verdict == Kind::Reproducible;
     let mut subject = Vec::new();
     if passed {
@@ -335,7 +370,7 @@ pub(super) fn summary_statement(
             ResourceDescriptor::embedded(&name, &r.to_bytes())
         })
         .collect();
-    Statement {
+    let statement = Statement {
         type_: STATEMENT_V1.to_string(),
         subject,
         predicate_type: VSA_V1.to_string(),
@@ -360,10 +395,15 @@ pub(super) fn summary_statement(
                 disagreeing: v.minority.clone(),
                 failed: v.failures.clone(),
                 differing_files: v.files.iter().map(|f| f.path.clone()).collect(),
+                agreeing_operators: v.agreeing_operators,
+                operators: v.operators.clone(),
                 job: ResourceDescriptor::embedded(BYPRODUCT_JOB, &job.to_bytes()),
+                settlement: settlement
+                    .map(|s| ResourceDescriptor::embedded(BYPRODUCT_SETTLEMENT, &s.to_bytes())),
             },
         },
-    }
+    };
+    Ok((statement, v))
 }
 
 /// Unix seconds as RFC 3339 in UTC, e.g. `2023-11-14T22:13:20Z`.
