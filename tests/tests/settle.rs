@@ -405,7 +405,44 @@ fn late_volunteer_settles_within_seconds() {
         w.states_of(&submitter).is_empty(),
         "the submitter leased a replica of its own job\n{report}"
     );
-    assert_reproducible_by(&farm, &w, &word, &[a, b, c].into_iter().collect());
+    assert_reproducible_by(
+        &farm,
+        &w,
+        &word,
+        &[a.clone(), b.clone(), c].into_iter().collect(),
+    );
+    // Whose agreement counts is the verifier's policy: three keys it does not know never
+    // make "reproducible" for a policy that names trusted builders, and two it trusts do.
+    let stranger = barn_protocol::SecretKey::from_seed([77; 32]).public();
+    let strangers = format!(
+        "builders = [\"{}\"]\nquorum = 1\n",
+        barn_protocol::OperatorId(stranger)
+    );
+    let (code, v) = verify_with_policy(&farm, &w.id, &strangers);
+    assert_eq!(code, Some(13), "three unknown keys under a policy: {v}");
+    assert_eq!(v["verdict"]["verdict"], "unconfirmed", "{v}");
+    let trusted = format!("builders = [\"{a}\", \"{b}\"]\nquorum = 2\n");
+    let (code, v) = verify_with_policy(&farm, &w.id, &trusted);
+    assert_eq!(code, Some(0), "two trusted builders of three agree: {v}");
+    assert_eq!(v["verdict"]["verdict"], "reproducible", "{v}");
+}
+
+/// `barn verify --json --policy FILE ID` on the submitter, with `policy` as the file.
+fn verify_with_policy(farm: &Farm, id: &str, policy: &str) -> (Option<i32>, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let out = farm
+        .submitter
+        .barn(&["verify", "--json", "--policy", path.to_str().unwrap(), id]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "barn verify printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
 }
 
 /// A volunteer that committed and was then killed (its result not yet delivered: the
