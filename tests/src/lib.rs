@@ -274,3 +274,16 @@ pub fn print_stats(name: &str, mut xs: Vec<f64>) {
         xs[n - 1]
     );
 }
+
+/// Polls `f` every 300 ms until it returns `Some`, for at most `secs`; panics naming
+/// `what` it waited for.
+pub fn poll<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}

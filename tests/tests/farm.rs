@@ -6,7 +6,7 @@
 use barn_protocol::message::BuildResult;
 use barn_protocol::{NodeId, Signed};
 use barn_tests::farm::Farm;
-use barn_tests::{Project, barn_shared, ensure_image};
+use barn_tests::{Project, barn_shared, ensure_image, poll};
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -375,18 +375,6 @@ fn a_tie_between_two_replicas_brings_in_a_third_that_decides() {
     let v = json(&out);
     assert_eq!(v["verdict"]["minority"], serde_json::json!([liar]), "{v}");
     assert_eq!(v["verdict"]["majority"].as_array().unwrap().len(), 2);
-}
-
-/// Polls `f` every 300 ms until it returns `Some`, for at most `secs`.
-fn poll<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
 }
 
 /// What `node`'s advert says about why it takes no new work, as `from` sees it.

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use barn_protocol::Signed;
 use barn_protocol::message::BuildResult;
-use barn_tests::Project;
 use barn_tests::farm::{Farm, Node};
+use barn_tests::{Project, poll};
 use serde_json::Value;
 
 /// A short, deterministic build with a timeout long against the lease time: a verdict that
@@ -425,6 +425,19 @@ fn late_volunteer_settles_within_seconds() {
     let (code, v) = verify_with_policy(&farm, &w.id, &trusted);
     assert_eq!(code, Some(0), "two trusted builders of three agree: {v}");
     assert_eq!(v["verdict"]["verdict"], "reproducible", "{v}");
+    // An observer (volunteer A, which does not coordinate the job) hears the settlement
+    // and the results it names on gossip, and reaches the same verdict on its own.
+    let observer = &farm.volunteers[0];
+    let seen = poll(30, "volunteer A verifies the settled job", || {
+        let out = observer.barn(&["verify", "--json", &w.id]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (out.status.code() == Some(0) && v["verdict"]["verdict"] == "reproducible").then_some(v)
+    });
+    assert_eq!(
+        seen["results"].as_array().map(Vec::len),
+        Some(3),
+        "the observer counts the three settled results: {seen}"
+    );
 }
 
 /// `barn verify --json --policy FILE ID` on the submitter, with `policy` as the file.

@@ -755,3 +755,29 @@ fn poorly_reputed_nodes_wait_while_reputable_ones_take_the_replicas() {
     let s = sim.settlement(C, &job2).unwrap();
     assert!(s.replicas.iter().any(|r| r.node == liar));
 }
+
+#[test]
+fn a_tie_break_survives_a_coordinator_restart() {
+    let mut sim = farm(3);
+    sim.nodes[2].runner.files = vec![("out/hello.txt".into(), b"two\n".to_vec())];
+    sim.nodes[3].runner.secs = 40;
+    let job = sim.submit(C, 2, |j| j.spec.tiebreak = true);
+    // Nodes 1 and 2 disagree: one more replica is asked for.
+    assert!(sim.run_until(30, |s| {
+        s.nodes[C]
+            .core()
+            .coordinator()
+            .job(&job)
+            .is_some_and(|j| j.extra == 1)
+    }));
+    sim.restart(C);
+    assert_eq!(
+        sim.nodes[C].core().coordinator().job(&job).unwrap().extra,
+        1,
+        "the tie-break is remembered"
+    );
+    assert!(sim.run_until(200, |s| settled(s, &job)), "never settled");
+    let s = sim.settlement(C, &job).unwrap();
+    assert_eq!(s.replicas.len(), 3);
+    assert_eq!(s.verdict, VerdictKind::Differs);
+}
