@@ -9,7 +9,15 @@ use barn_protocol::settlement::{SettledReplica, Settlement};
 use barn_protocol::{ContentHash, NodeId, Refusal, Signed, SubmitterId};
 use tracing::{debug, info, warn};
 
-use super::{Core, Effect, Known, Taken, Topic, fresh};
+use super::{Answer, Core, Effect, Known, Parked, Taken, Topic, fresh};
+
+/// What became of a commitment.
+enum Committed {
+    /// Results are being taken: send the result.
+    Revealed,
+    /// Kept; results are not taken yet.
+    Waiting(JobId),
+}
 use crate::net::codec::{Request, Response};
 use crate::sched::coordinator::{self, Coordinator, Lapse, Taken as TakenAs};
 use crate::store::db::{JobRecord, JobState, ResultRecord};
@@ -19,28 +27,59 @@ use crate::verify::verdict::{Kind, Verdict};
 use crate::view::Event;
 
 impl Core {
-    /// A request from a peer (or from this node to itself).
+    /// A request from a peer (or from this node to itself). A commitment taken while
+    /// results are not yet being taken may be held (`Answer::Park`) until they are: the
+    /// volunteer hears `Reveal` the moment the last replica commits.
     pub(super) fn on_request(
         &mut self,
         from: NodeId,
         request: Request,
         now: u64,
         out: &mut Vec<Effect>,
-    ) -> Response {
+    ) -> Answer {
         let _span = tracing::debug_span!("peer", peer = %from.short()).entered();
         let answer = match &request {
-            Request::Claim(b) => return self.on_claim(from, b, now, out),
+            Request::Claim(b) => return Answer::Now(self.on_claim(from, b, now, out)),
             Request::Heartbeat(b) => self.on_heartbeat(from, b, now, out),
             Request::Commit(b) => match self.on_commit(from, b, now, out) {
-                Ok(true) => return Response::Reveal,
-                Ok(false) => Ok(()),
+                Ok(Committed::Revealed) => return Answer::Now(Response::Reveal),
+                Ok(Committed::Waiting(job)) => return Answer::Park(job),
                 Err(r) => Err(r),
             },
             Request::Result(b) => self.on_result(from, b, now, out),
         };
-        match answer {
+        Answer::Now(match answer {
             Ok(()) => Response::Ack,
             Err(r) => Response::Refused(r),
+        })
+    }
+
+    /// Answers the held commitments whose job now takes results (`Reveal`), or that were
+    /// held long enough (`Ack`: the volunteer asks again).
+    pub(super) fn release_parked(&mut self, now: u64, out: &mut Vec<Effect>) {
+        let coordinator = &self.coordinator;
+        let (ready, held): (Vec<Parked>, Vec<Parked>) =
+            std::mem::take(&mut self.parked).into_iter().partition(|p| {
+                let revealed = coordinator
+                    .job(&p.job)
+                    .is_none_or(|j| j.settled || j.revealed_at.is_some());
+                revealed || now >= p.until
+            });
+        self.parked = held;
+        for p in ready {
+            let revealed = self
+                .coordinator
+                .job(&p.job)
+                .is_none_or(|j| j.settled || j.revealed_at.is_some());
+            let response = if revealed {
+                Response::Reveal
+            } else {
+                Response::Ack
+            };
+            out.push(Effect::Respond {
+                reply: p.reply,
+                response,
+            });
         }
     }
 
@@ -148,16 +187,16 @@ impl Core {
         Ok(())
     }
 
-    /// Checks and records a commitment; `Ok(true)`: results are being taken, so the
-    /// volunteer should send its result now. A volunteer waiting for the reveal sends its
-    /// (small) commitment again now and then: that is its poll.
+    /// Checks and records a commitment; says whether results are being taken (the
+    /// volunteer should send its result now) or not yet. A volunteer waiting for the reveal
+    /// sends its (small) commitment again: that is its poll, held until the reveal.
     fn on_commit(
         &mut self,
         from: NodeId,
         bytes: &[u8],
         now: u64,
         out: &mut Vec<Effect>,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<Committed, Refusal> {
         let signed = Signed::<Commitment>::from_bytes(bytes).map_err(|e| Refusal::Invalid {
             why: format!("commitment: {e}"),
         })?;
@@ -187,10 +226,15 @@ impl Core {
             // The last commitment reveals at once: no need to wait for the next tick.
             self.coordinator_tick(now, out);
         }
-        Ok(self
+        let revealed = self
             .coordinator
             .job(&m.job)
-            .is_some_and(|j| j.settled || j.revealed_at.is_some()))
+            .is_some_and(|j| j.settled || j.revealed_at.is_some());
+        Ok(if revealed {
+            Committed::Revealed
+        } else {
+            Committed::Waiting(m.job)
+        })
     }
 
     fn on_result(
@@ -299,6 +343,11 @@ impl Core {
     /// Moves the coordinated jobs along the clock: leases lapse, reveals happen, jobs whose
     /// results are in go to be judged.
     pub(super) fn coordinator_tick(&mut self, now: u64, out: &mut Vec<Effect>) {
+        self.coordinator_lapse(now, out);
+        self.release_parked(now, out);
+    }
+
+    fn coordinator_lapse(&mut self, now: u64, out: &mut Vec<Effect>) {
         for lapse in self.coordinator.tick(now) {
             match lapse {
                 Lapse::Expired(job, lease) => {

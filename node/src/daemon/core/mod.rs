@@ -257,8 +257,27 @@ struct Taken {
 /// Seconds before an undelivered commitment or result is sent again.
 pub const RETRY_SECS: u64 = 5;
 /// Seconds between polls (the commitment sent again) while the coordinator is not yet
-/// taking results.
-pub const REVEAL_POLL_SECS: u64 = 2;
+/// taking results; the coordinator holds each poll up to [`PARK_SECS`], so a volunteer
+/// hears of the reveal at once.
+pub const REVEAL_POLL_SECS: u64 = 1;
+/// Seconds a coordinator holds a commitment's answer while results are not taken yet (the
+/// request-response timeout is 30 s).
+pub const PARK_SECS: u64 = 15;
+
+/// The answer to a request: now, or held until the job's results are taken.
+#[derive(Debug)]
+enum Answer {
+    Now(Response),
+    Park(JobId),
+}
+
+/// A commitment whose answer is held.
+#[derive(Debug)]
+struct Parked {
+    job: JobId,
+    reply: ReplyId,
+    until: u64,
+}
 /// Signed requests carry their time; one further from ours is a replay or a broken clock.
 pub const MAX_SKEW_SECS: u64 = 300;
 
@@ -278,6 +297,8 @@ pub struct Core {
     taken: BTreeMap<JobId, BTreeMap<LeaseId, Taken>>,
     /// What this node counts of other nodes.
     reputation: BTreeMap<NodeId, Reputation>,
+    /// Commitments whose answer is held until their job's results are taken.
+    parked: Vec<Parked>,
     /// Results each known settlement names (jobs coordinated elsewhere), by digest.
     settled: BTreeMap<JobId, BTreeSet<ContentHash>>,
     last_announce: u64,
@@ -304,6 +325,7 @@ impl Core {
             taken: BTreeMap::new(),
             reputation: BTreeMap::new(),
             settled: BTreeMap::new(),
+            parked: Vec::new(),
             last_announce: 0,
             last_heartbeat: 0,
             last_advert: 0,
@@ -329,10 +351,14 @@ impl Core {
                 from,
                 reply,
                 request,
-            } => {
-                let response = self.on_request(from, request, now, &mut out);
-                out.push(Effect::Respond { reply, response });
-            }
+            } => match self.on_request(from, request, now, &mut out) {
+                Answer::Now(response) => out.push(Effect::Respond { reply, response }),
+                Answer::Park(job) => self.parked.push(Parked {
+                    job,
+                    reply,
+                    until: now + PARK_SECS,
+                }),
+            },
             Input::Response {
                 req,
                 from,

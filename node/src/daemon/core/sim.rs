@@ -61,7 +61,7 @@ pub struct SimNode {
     pub core: Option<Core>,
     pub db: Db,
     pub runner: FakeRunner,
-    /// Every event it emitted, with the simulated second.
+    /// Every event it emitted, with the simulated millisecond.
     pub events: Vec<(u64, Event)>,
     /// Bumped at every restart: deliveries meant for an earlier life are dropped.
     life: u64,
@@ -326,10 +326,7 @@ impl Sim {
                         }),
                     );
                 }
-                Effect::Event(e) => {
-                    let now = self.now();
-                    self.nodes[i].events.push((now, e));
-                }
+                Effect::Event(e) => self.nodes[i].events.push((now_ms, e)),
                 Effect::Submitted { result, .. } => {
                     result.expect("the submission is accepted");
                 }
@@ -528,11 +525,37 @@ impl Sim {
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].core = None;
         self.nodes[i].life += 1;
+        self.drop_held_requests(i);
+    }
+
+    /// Requests node `i` held unanswered fail at their senders, as libp2p reports a
+    /// closed connection.
+    fn drop_held_requests(&mut self, i: usize) {
+        let held: Vec<(usize, ReplyId)> = self
+            .replies
+            .keys()
+            .filter(|(node, _)| *node == i)
+            .copied()
+            .collect();
+        for key in held {
+            if let Some((requester, req)) = self.replies.remove(&key) {
+                let input = Input::OutboundFailure {
+                    req,
+                    error: "connection closed".into(),
+                };
+                self.schedule(
+                    self.now_ms + self.delay_ms,
+                    requester,
+                    Delivery::Input(input),
+                );
+            }
+        }
     }
 
     /// Starts node `i` again from its database.
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].life += 1;
+        self.drop_held_requests(i);
         let now = self.now();
         let core = Core::restore(self.nodes[i].cfg.clone(), &self.nodes[i].db, now)
             .expect("the database reads back");
@@ -557,6 +580,15 @@ impl Sim {
     /// Whether node `i` saw an event matching `f`.
     pub fn saw(&self, i: usize, f: impl Fn(&Event) -> bool) -> bool {
         self.nodes[i].events.iter().any(|(_, e)| f(e))
+    }
+
+    /// The simulated millisecond node `i` first saw an event matching `f`.
+    pub fn when(&self, i: usize, f: impl Fn(&Event) -> bool) -> Option<u64> {
+        self.nodes[i]
+            .events
+            .iter()
+            .find(|(_, e)| f(e))
+            .map(|(t, _)| *t)
     }
 
     /// Sends a raw request from node `from` to node `to` and returns the answer at once

@@ -76,6 +76,23 @@ fn volunteers_arriving_minutes_apart_settle_within_seconds_of_the_last() {
         "settled {took}s after the third volunteer joined"
     );
     assert!(!expired_any(&sim));
+    // The first two were waiting in held polls: they hear of the reveal at once, and the
+    // job settles a few network delays after the last commitment.
+    let third_id = sim.nodes[third].id().to_string();
+    let committed = sim
+        .when(
+            C,
+            |e| matches!(e, Event::LeaseCommitted { node, .. } if *node == third_id),
+        )
+        .unwrap();
+    let settled_at = sim
+        .when(C, |e| matches!(e, Event::JobSettled { .. }))
+        .unwrap();
+    assert!(
+        settled_at - committed <= 10 * sim.delay_ms,
+        "settled {} ms after the last commitment",
+        settled_at - committed
+    );
 }
 
 #[test]

@@ -28,7 +28,12 @@ impl Core {
     ) -> Option<ReqId> {
         if to == self.me {
             // Coordinating our own job: the same checks, without the network.
-            let response = self.on_request(self.me, request, now, out);
+            // Nothing is held for this node itself: a held commitment is answered `Ack` and
+            // polled again at the next tick.
+            let response = match self.on_request(self.me, request, now, out) {
+                super::Answer::Now(r) => r,
+                super::Answer::Park(_) => Response::Ack,
+            };
             self.on_answer(pending, self.me, response, now, out);
             return None;
         }
