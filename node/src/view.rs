@@ -100,7 +100,8 @@ pub struct JobView {
     /// x86_64"); `None` when nothing is missing.
     #[serde(default)]
     pub waiting: Option<String>,
-    /// The settled verdict's word, once the coordinator signed a settlement.
+    /// The settled verdict's word, once the coordinator signed a settlement: the
+    /// coordinator's, without the local trust policy (`barn verify` applies it).
     #[serde(default)]
     pub verdict: Option<String>,
 }
@@ -112,7 +113,8 @@ pub struct LeaseView {
     /// Unix milliseconds of the grant, when this coordinator saw it (not kept across restarts).
     #[serde(default)]
     pub granted_ms: Option<u64>,
-    /// `active`, `done`, `expired` or `failed`.
+    /// `granted`, `running`, `committed`, `done`, `settled` (done, in a settled job),
+    /// `expired` or `failed`.
     pub state: String,
     pub granted: u64,
     pub expires: u64,

@@ -336,6 +336,8 @@ impl Actor {
             Effect::Submitted { token, result } => {
                 if let Ok(id) = &result {
                     self.submitted_ms.entry(*id).or_insert_with(now_ms);
+                    // The submitter asks for the job next: it must be in the database.
+                    self.p.store.flush().await;
                 }
                 if let Some(reply) = self.submit_replies.remove(&token) {
                     let _ = reply.send(result.map(|id| id.to_string()));

@@ -125,10 +125,18 @@ pub fn apply(db: &mut Db, op: &StoreOp) -> Result<(), DbError> {
 /// Writes queued before the actor waits for the store.
 const QUEUE: usize = 1024;
 
+/// What the store task is sent: a write, or a barrier that answers once every write sent
+/// before it is applied.
+#[derive(Debug)]
+enum Msg {
+    Write(StoreOp),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The store task: one thread that owns the writing connection.
 #[derive(Debug)]
 pub struct StoreTask {
-    tx: mpsc::Sender<StoreOp>,
+    tx: mpsc::Sender<Msg>,
     errors: Arc<AtomicU64>,
     /// Fires when the thread has applied the last write.
     done: tokio::sync::oneshot::Receiver<()>,
@@ -137,14 +145,21 @@ pub struct StoreTask {
 impl StoreTask {
     /// Starts the task on `db`.
     pub fn start(mut db: Db) -> Self {
-        let (tx, mut rx) = mpsc::channel::<StoreOp>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let errors = Arc::new(AtomicU64::new(0));
         let count = errors.clone();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("barn-store".into())
             .spawn(move || {
-                while let Some(op) = rx.blocking_recv() {
+                while let Some(msg) = rx.blocking_recv() {
+                    let op = match msg {
+                        Msg::Write(op) => op,
+                        Msg::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
                     if let Err(e) = apply(&mut db, &op) {
                         count.fetch_add(1, Ordering::Relaxed);
                         error!(
@@ -166,9 +181,18 @@ impl StoreTask {
 
     /// Queues a write; waits while the queue is full, so nothing is dropped.
     pub async fn write(&self, op: StoreOp) {
-        if let Err(mpsc::error::SendError(op)) = self.tx.send(op).await {
+        if let Err(mpsc::error::SendError(Msg::Write(op))) = self.tx.send(Msg::Write(op)).await {
             self.errors.fetch_add(1, Ordering::Relaxed);
             error!("store: failed to {}: the store task has stopped", op.what());
+        }
+    }
+
+    /// Waits until every write queued so far is applied (read-your-writes for an answer
+    /// that a reader of the database will act on at once, such as a submission's id).
+    pub async fn flush(&self) {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = applied.await;
         }
     }
 
@@ -181,5 +205,73 @@ impl StoreTask {
     pub async fn close(self) {
         drop(self.tx);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.done).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use barn_protocol::{ContentHash, SecretKey, SubmitterId};
+
+    #[tokio::test]
+    async fn a_flush_returns_once_every_earlier_write_is_readable_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("barn.db");
+        let store = StoreTask::start(Db::open(&path).unwrap());
+        let reader = Db::open(&path).unwrap();
+        let ids: Vec<JobId> = (0..200u32)
+            .map(|i| JobId(ContentHash::of(&i.to_le_bytes())))
+            .collect();
+        for id in &ids {
+            store
+                .write(StoreOp::InsertJob(JobRecord {
+                    id: *id,
+                    envelope: vec![1],
+                    submitter: SubmitterId(SecretKey::from_seed([1; 32]).public()),
+                    state: JobState::Open,
+                    created: 1,
+                    expires: 2,
+                    coordinated: true,
+                }))
+                .await;
+        }
+        store.flush().await;
+        assert_eq!(reader.list_jobs().unwrap().len(), ids.len());
+        assert_eq!(store.errors(), 0);
+        // A write that fails is counted, not dropped silently.
+        store
+            .write(StoreOp::SetRound {
+                job: ids[0],
+                round: Round::default(),
+            })
+            .await;
+        store
+            .write(StoreOp::PutLease {
+                job: JobId(ContentHash::of(b"no such job")),
+                lease: Box::new(crate::sched::coordinator::Lease {
+                    id: LeaseId::random(),
+                    node: SecretKey::from_seed([2; 32]).node_id(),
+                    operator: barn_protocol::OperatorId::of_node(
+                        &SecretKey::from_seed([2; 32]).node_id(),
+                    ),
+                    cert: None,
+                    granted: 1,
+                    expires: 2,
+                    cap: 3,
+                    state: crate::sched::coordinator::LeaseState::Granted,
+                    variant: 0,
+                    commitment: None,
+                    result: None,
+                    provenance_sig: None,
+                }),
+            })
+            .await;
+        store.flush().await;
+        assert_eq!(
+            store.errors(),
+            1,
+            "a lease of an unknown job breaks a foreign key"
+        );
+        store.close().await;
     }
 }
