@@ -128,6 +128,10 @@ const QUEUE: usize = 1024;
 /// What the store task is sent: a write, or a barrier that answers once every write sent
 /// before it is applied.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "writes are nearly every message; boxing them would allocate per write to shrink the rare barrier"
+)]
 enum Msg {
     Write(StoreOp),
     Flush(tokio::sync::oneshot::Sender<()>),
