@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use barn_protocol::manifest::{Entry, EntryKind, Manifest};
 use barn_protocol::message::*;
 use barn_protocol::{ContentHash, NodeId, SecretKey, Signed};
 
@@ -348,19 +347,6 @@ impl Sim {
         r: &FakeRunner,
     ) -> Signed<BuildResult> {
         let node = &self.nodes[i];
-        let entries = r
-            .files
-            .iter()
-            .map(|(p, c)| Entry {
-                path: p.clone(),
-                kind: EntryKind::File,
-                executable: false,
-                size: c.len() as u64,
-                hash: Some(ContentHash::of(c)),
-                target: None,
-            })
-            .collect();
-        let manifest = Manifest::new(entries);
         let variation = r.lie_variation.clone().unwrap_or_else(|| {
             crate::runner::variation::Variation::for_replica(
                 &spec.spec.vary,
@@ -377,23 +363,21 @@ impl Sim {
         } else {
             BuildStatus::Succeeded
         };
+        let files: Vec<(&str, &[u8])> = r
+            .files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_slice()))
+            .collect();
         let result = BuildResult {
             job,
             lease: Some(lease),
             node: node.id(),
-            status,
-            tasks: vec![],
-            manifest_root: manifest.root(),
-            manifest,
-            log_hash: ContentHash::of(b"log"),
-            log_size: 3,
-            timings: Timings::default(),
             image_hash: spec.image_hash,
             arch: spec.spec.arch.clone(),
-            accel: Accel::Tcg,
             qemu_version: "sim".into(),
             finished: self.now(),
             variation,
+            ..crate::verify::verdict::tests_support::result_with(&files, status)
         };
         Signed::sign(result, &node.cfg.key)
     }

@@ -689,33 +689,20 @@ fn heartbeats_keep_only_their_own_nodes_lease() {
     let lease = sim.nodes[C].core().coordinator().job(&job).unwrap().leases[0].id;
     // Node 2 heartbeats node 1's lease: refused, and it does not keep the lease alive.
     let key = sim.nodes[2].cfg.key.clone();
-    let hb = Signed::sign(
-        Heartbeat {
+    let beat = |sim: &mut Sim| {
+        let hb = Heartbeat {
             job,
             lease,
             phase: Phase::Running,
             log_bytes: 0,
             time: sim.now(),
-        },
-        &key,
-    );
-    assert_eq!(
-        sim.request(2, C, Request::Heartbeat(hb.to_bytes())),
-        Response::Refused(Refusal::UnknownLease)
-    );
+        };
+        sim.request(2, C, Request::Heartbeat(Signed::sign(hb, &key).to_bytes()))
+    };
+    assert_eq!(beat(&mut sim), Response::Refused(Refusal::UnknownLease));
     sim.kill(1);
     for _ in 0..10 {
-        let hb = Signed::sign(
-            Heartbeat {
-                job,
-                lease,
-                phase: Phase::Running,
-                log_bytes: 0,
-                time: sim.now(),
-            },
-            &key,
-        );
-        sim.request(2, C, Request::Heartbeat(hb.to_bytes()));
+        beat(&mut sim);
         sim.run_for(5);
     }
     assert_eq!(lease_states(&sim, &job)[0], LeaseState::Expired);
