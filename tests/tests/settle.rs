@@ -541,3 +541,50 @@ fn result_message(r: &Value) -> BuildResult {
         .message()
         .clone()
 }
+
+/// Issue 10's fault on real processes: a volunteer killed with SIGKILL in the middle of a
+/// 20 s build; a third volunteer starts at once. The killed node's lease lapses after 30 s
+/// without heartbeats, the replica is granted to the third, and the job settles from the
+/// survivor's and the third's results.
+#[test]
+fn volunteer_killed_mid_build_is_replaced_and_the_job_settles() {
+    let mut farm = Farm::start("tiny-x86_64", 2, &[]);
+    let job = JOB.replace("run = \"mkdir", "run = \"sleep 20 && mkdir");
+    let p = Project::new(&job).file("msg.txt", "built after a replacement\n");
+    let id = farm.submit(&p, 2);
+    let mut w = Watch::new(&id);
+    w.mark(&format!(
+        "submitted {id} with 2 replicas, 2 volunteers, a 20 s build"
+    ));
+    let a = farm.volunteers[0].peer_id();
+    let b = farm.volunteers[1].peer_id();
+    w.name(&a, "A");
+    w.name(&b, "B");
+    w.until(&farm, BUILD_SECS, "both volunteers running the job", |d| {
+        let running = |n: &str| lease_state(d, n).is_some_and(|s| s == "running");
+        (running(&a) && running(&b)).then_some(())
+    });
+    w.mark("A and B are running the job");
+    std::thread::sleep(Duration::from_secs(10));
+    let pid = farm.volunteers[1].pid();
+    farm.volunteers[1].kill_hard();
+    w.mark(&format!("B (pid {pid}) killed with SIGKILL mid-build"));
+    farm.add_volunteer();
+    let c = farm.volunteers[2].peer_id();
+    w.name(&c, "C");
+    w.mark("volunteer C started");
+    let word = w.until(
+        &farm,
+        LEASE_SECS + BUILD_SECS,
+        "the verdict after B's lease lapsed and C built",
+        |d| verdict(&farm, d),
+    );
+    w.mark(&format!("verdict: {word}"));
+    let report = w.report();
+    println!("{report}");
+    assert!(
+        w.states_of(&b).iter().any(|s| s == "expired"),
+        "B's lease never lapsed\n{report}"
+    );
+    assert_reproducible_by(&farm, &w, &word, &[a, c].into_iter().collect());
+}
