@@ -117,9 +117,21 @@ impl Node {
         let _ = self.child.wait();
     }
 
+    /// Stops the process and starts it again with the same directories and arguments,
+    /// listening on `listen` (a multiaddr, e.g. what [`Node::multiaddr`] said before the
+    /// node went down, as a restarted daemon keeps its configured address).
+    pub fn restart_listening(&mut self, listen: &str) {
+        let listen = listen.split("/p2p/").next().unwrap_or(listen).to_string();
+        self.restart_with(&listen);
+    }
+
     /// Stops the process and starts it again with the same directories and arguments
     /// (new ports; the log is appended to).
     pub fn restart(&mut self) {
+        self.restart_with("/ip4/127.0.0.1/tcp/0");
+    }
+
+    fn restart_with(&mut self, listen: &str) {
         self.stop();
         let root = self
             .config
@@ -129,7 +141,7 @@ impl Node {
             .unwrap_or_else(|| panic!("node {} has no root", self.name));
         // A killed node leaves its API address behind; the new one writes its own.
         let _ = std::fs::remove_file(self.data.join("api.addr"));
-        *self = spawn(&root, &self.name, &self.extra);
+        *self = spawn_listening(&root, &self.name, &self.extra, listen);
     }
 
     fn stop(&mut self) {
@@ -168,6 +180,10 @@ pub struct Farm {
 }
 
 fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
+    spawn_listening(root, name, extra, "/ip4/127.0.0.1/tcp/0")
+}
+
+fn spawn_listening(root: &Path, name: &str, extra: &[String], listen: &str) -> Node {
     let config = root.join(name).join("config");
     let data = root.join(name).join("data");
     std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
@@ -178,13 +194,7 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
-        .args([
-            "node",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-        ])
+        .args(["node", "--listen", listen, "--api", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "barn_node=info")
         .stdin(Stdio::null())

@@ -588,3 +588,47 @@ fn volunteer_killed_mid_build_is_replaced_and_the_job_settles() {
     );
     assert_reproducible_by(&farm, &w, &word, &[a, c].into_iter().collect());
 }
+
+/// Issue 10's coordinator faults on real processes: the coordinator is killed with
+/// SIGKILL while both replicas build, stays down while they finish (they cannot deliver),
+/// and comes back at its address: it resumes from its database, the volunteers deliver
+/// what they kept, and the job settles with both results.
+#[test]
+fn coordinator_killed_mid_job_collects_every_result_when_back() {
+    let mut farm = Farm::start("tiny-x86_64", 2, &[]);
+    let job = JOB.replace("run = \"mkdir", "run = \"sleep 10 && mkdir");
+    let p = Project::new(&job).file("msg.txt", "delivered to a restarted coordinator\n");
+    let id = farm.submit(&p, 2);
+    let mut w = Watch::new(&id);
+    w.mark(&format!("submitted {id} with 2 replicas, a 10 s build"));
+    let a = farm.volunteers[0].peer_id();
+    let b = farm.volunteers[1].peer_id();
+    w.name(&a, "A");
+    w.name(&b, "B");
+    w.until(&farm, BUILD_SECS, "both volunteers running the job", |d| {
+        let running = |n: &str| lease_state(d, n).is_some_and(|s| s == "running");
+        (running(&a) && running(&b)).then_some(())
+    });
+    let addr = farm.submitter.multiaddr();
+    let pid = farm.submitter.pid();
+    farm.submitter.kill_hard();
+    w.mark(&format!("the coordinator (pid {pid}) killed with SIGKILL"));
+    // Both finish while it is down: their results wait in their outboxes.
+    poll(
+        BUILD_SECS,
+        "A and B finish while the coordinator is down",
+        || {
+            let done = |i: usize, n: &str| own_result(&farm.volunteers[i], &id, n).is_some();
+            (done(0, &a) && done(1, &b)).then_some(())
+        },
+    );
+    w.mark("A and B finished while the coordinator was down");
+    farm.submitter.restart_listening(&addr);
+    w.mark("the coordinator restarted at its address");
+    let word = w.until(&farm, 60, "the verdict after the restart", |d| {
+        verdict(&farm, d)
+    });
+    w.mark(&format!("verdict: {word}"));
+    println!("{}", w.report());
+    assert_reproducible_by(&farm, &w, &word, &[a, b].into_iter().collect());
+}
