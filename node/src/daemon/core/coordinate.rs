@@ -90,16 +90,12 @@ impl Core {
         now: u64,
         out: &mut Vec<Effect>,
     ) -> Response {
-        let claim = match Signed::<Claim>::from_bytes(bytes) {
+        let claim = match signed_by::<Claim>(bytes, from) {
             Ok(c) => c,
-            Err(e) => {
-                return Response::Refused(Refusal::Invalid {
-                    why: format!("claim: {e}"),
-                });
-            }
+            Err(r) => return Response::Refused(r),
         };
-        let node = NodeId(claim.signer());
-        if node != from || claim.message().node != node {
+        let node = from;
+        if claim.message().node != node {
             return Response::Refused(Refusal::WrongSigner);
         }
         let job = claim.message().job;
@@ -174,12 +170,7 @@ impl Core {
         now: u64,
         out: &mut Vec<Effect>,
     ) -> Result<(), Refusal> {
-        let hb = Signed::<Heartbeat>::from_bytes(bytes).map_err(|e| Refusal::Invalid {
-            why: format!("heartbeat: {e}"),
-        })?;
-        if NodeId(hb.signer()) != from {
-            return Err(Refusal::WrongSigner);
-        }
+        let hb = signed_by::<Heartbeat>(bytes, from)?;
         let m = hb.message();
         fresh(m.time, now)?;
         self.coordinator.on_heartbeat(&m.job, &m.lease, from, now)?;
@@ -197,12 +188,10 @@ impl Core {
         now: u64,
         out: &mut Vec<Effect>,
     ) -> Result<Committed, Refusal> {
-        let signed = Signed::<Commitment>::from_bytes(bytes).map_err(|e| Refusal::Invalid {
-            why: format!("commitment: {e}"),
-        })?;
-        let node = NodeId(signed.signer());
+        let signed = signed_by::<Commitment>(bytes, from)?;
+        let node = from;
         let m = signed.message();
-        if node != from || m.node != node {
+        if m.node != node {
             return Err(Refusal::WrongSigner);
         }
         fresh(m.time, now)?;
@@ -244,13 +233,8 @@ impl Core {
         now: u64,
         out: &mut Vec<Effect>,
     ) -> Result<(), Refusal> {
-        let signed = Signed::<BuildResult>::from_bytes(bytes).map_err(|e| Refusal::Invalid {
-            why: format!("result: {e}"),
-        })?;
-        let node = NodeId(signed.signer());
-        if node != from {
-            return Err(Refusal::WrongSigner);
-        }
+        let signed = signed_by::<BuildResult>(bytes, from)?;
+        let node = from;
         let m = signed.message();
         if m.manifest.root() != m.manifest_root {
             return Err(Refusal::Invalid {
@@ -556,4 +540,19 @@ impl Core {
         self.carry_out(actions, now, out);
         Ok(id)
     }
+}
+
+/// A signed request from `from`: it decodes, its signature verifies, and its signer is the
+/// peer that sent it.
+fn signed_by<T: barn_protocol::envelope::Message>(
+    bytes: &[u8],
+    from: NodeId,
+) -> Result<Signed<T>, Refusal> {
+    let signed = Signed::<T>::from_bytes(bytes).map_err(|e| Refusal::Invalid {
+        why: format!("{}: {e}", T::KIND),
+    })?;
+    if NodeId(signed.signer()) != from {
+        return Err(Refusal::WrongSigner);
+    }
+    Ok(signed)
 }
