@@ -373,21 +373,7 @@ fn late_volunteer_settles_within_seconds() {
 
     // Longer than a lease lives without heartbeats: a committed lease must not lapse.
     w.idle(&farm, LEASE_SECS + 5);
-    farm.add_volunteer();
-    let c = farm.volunteers[2].peer_id();
-    w.name(&c, "C");
-    w.mark("volunteer C started");
-    let tc = wait_for_commitment(&farm, &mut w, 2, &c, "C");
-
-    let word = w.until(&farm, 20, "the verdict, within 20 s of C's result", |d| {
-        verdict(&farm, d)
-    });
-    let tv = w.mark(&format!("verdict: {word}"));
-    println!(
-        "settle: the verdict came {:.1}s after C committed\n{}",
-        tv - tc,
-        w.report()
-    );
+    let (c, word) = third_volunteer_settles(&mut farm, &mut w, 20);
 
     let report = w.report();
     for (name, node) in [("A", &a), ("B", &b), ("C", &c)] {
@@ -438,6 +424,25 @@ fn late_volunteer_settles_within_seconds() {
         Some(3),
         "the observer counts the three settled results: {seen}"
     );
+}
+
+/// Starts volunteer C, waits for its commitment and then, at most `secs`, for the verdict;
+/// prints how long after C's commitment it came. Returns C's peer id and the verdict.
+fn third_volunteer_settles(farm: &mut Farm, w: &mut Watch, secs: u64) -> (String, String) {
+    farm.add_volunteer();
+    let c = farm.volunteers[2].peer_id();
+    w.name(&c, "C");
+    w.mark("volunteer C started");
+    let tc = wait_for_commitment(farm, w, 2, &c, "C");
+    let what = format!("the verdict, within {secs} s of C's result");
+    let word = w.until(farm, secs, &what, |d| verdict(farm, d));
+    let tv = w.mark(&format!("verdict: {word}"));
+    println!(
+        "settle: the verdict came {:.1}s after C committed\n{}",
+        tv - tc,
+        w.report()
+    );
+    (c, word)
 }
 
 /// `barn verify --json --policy FILE ID` on the submitter, with `policy` as the file.
@@ -498,21 +503,7 @@ fn volunteer_killed_after_commit_delivers_after_restart() {
     );
     farm.volunteers[1].restart();
     w.mark(&format!("B restarted (pid {})", farm.volunteers[1].pid()));
-    farm.add_volunteer();
-    let c = farm.volunteers[2].peer_id();
-    w.name(&c, "C");
-    w.mark("volunteer C started");
-    let tc = wait_for_commitment(&farm, &mut w, 2, &c, "C");
-
-    let word = w.until(&farm, 30, "the verdict, within 30 s of C's result", |d| {
-        verdict(&farm, d)
-    });
-    let tv = w.mark(&format!("verdict: {word}"));
-    println!(
-        "settle: the verdict came {:.1}s after C committed\n{}",
-        tv - tc,
-        w.report()
-    );
+    let (c, word) = third_volunteer_settles(&mut farm, &mut w, 30);
     assert_reproducible_by(&farm, &w, &word, &[a, b.clone(), c].into_iter().collect());
     let delivered = w.last["results"]
         .as_array()
@@ -560,11 +551,7 @@ fn volunteer_killed_mid_build_is_replaced_and_the_job_settles() {
     let b = farm.volunteers[1].peer_id();
     w.name(&a, "A");
     w.name(&b, "B");
-    w.until(&farm, BUILD_SECS, "both volunteers running the job", |d| {
-        let running = |n: &str| lease_state(d, n).is_some_and(|s| s == "running");
-        (running(&a) && running(&b)).then_some(())
-    });
-    w.mark("A and B are running the job");
+    both_running(&farm, &mut w, &a, &b);
     std::thread::sleep(Duration::from_secs(10));
     let pid = farm.volunteers[1].pid();
     farm.volunteers[1].kill_hard();
@@ -605,10 +592,7 @@ fn coordinator_killed_mid_job_collects_every_result_when_back() {
     let b = farm.volunteers[1].peer_id();
     w.name(&a, "A");
     w.name(&b, "B");
-    w.until(&farm, BUILD_SECS, "both volunteers running the job", |d| {
-        let running = |n: &str| lease_state(d, n).is_some_and(|s| s == "running");
-        (running(&a) && running(&b)).then_some(())
-    });
+    both_running(&farm, &mut w, &a, &b);
     let addr = farm.submitter.multiaddr();
     let pid = farm.submitter.pid();
     farm.submitter.kill_hard();
@@ -631,4 +615,13 @@ fn coordinator_killed_mid_job_collects_every_result_when_back() {
     w.mark(&format!("verdict: {word}"));
     println!("{}", w.report());
     assert_reproducible_by(&farm, &w, &word, &[a, b].into_iter().collect());
+}
+
+/// Waits until the leases of `a` and `b` both show their jobs running.
+fn both_running(farm: &Farm, w: &mut Watch, a: &str, b: &str) {
+    w.until(farm, BUILD_SECS, "both volunteers running the job", |d| {
+        let running = |n: &str| lease_state(d, n).is_some_and(|s| s == "running");
+        (running(a) && running(b)).then_some(())
+    });
+    w.mark("A and B are running the job");
 }

@@ -169,6 +169,11 @@ impl CJob {
         self.done() >= self.wanted()
     }
 
+    /// Results are being taken (or the job is settled): a commitment is answered `Reveal`.
+    pub fn takes_results(&self) -> bool {
+        self.settled || self.revealed_at.is_some()
+    }
+
     /// Volunteers still missing for the job to settle, when any.
     pub fn missing(&self) -> usize {
         self.wanted().saturating_sub(self.held())

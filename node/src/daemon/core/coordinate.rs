@@ -9,7 +9,7 @@ use barn_protocol::settlement::{SettledReplica, Settlement};
 use barn_protocol::{ContentHash, NodeId, Refusal, Signed, SubmitterId};
 use tracing::{debug, info, warn};
 
-use super::{Answer, Core, Effect, Known, Parked, Taken, Topic, fresh};
+use super::{Answer, Core, Effect, Known, Taken, Topic, fresh};
 
 /// What became of a commitment.
 enum Committed {
@@ -57,24 +57,19 @@ impl Core {
     /// Answers the held commitments whose job now takes results (`Reveal`), or that were
     /// held long enough (`Ack`: the volunteer asks again).
     pub(super) fn release_parked(&mut self, now: u64, out: &mut Vec<Effect>) {
-        let coordinator = &self.coordinator;
-        let (ready, held): (Vec<Parked>, Vec<Parked>) =
-            std::mem::take(&mut self.parked).into_iter().partition(|p| {
-                let revealed = coordinator
-                    .job(&p.job)
-                    .is_none_or(|j| j.settled || j.revealed_at.is_some());
-                revealed || now >= p.until
-            });
-        self.parked = held;
-        for p in ready {
+        for p in std::mem::take(&mut self.parked) {
+            // A job no longer coordinated here has nothing left to hide.
             let revealed = self
                 .coordinator
                 .job(&p.job)
-                .is_none_or(|j| j.settled || j.revealed_at.is_some());
-            let response = if revealed {
-                Response::Reveal
-            } else {
-                Response::Ack
+                .is_none_or(|j| j.takes_results());
+            let response = match (revealed, now >= p.until) {
+                (true, _) => Response::Reveal,
+                (false, true) => Response::Ack,
+                (false, false) => {
+                    self.parked.push(p);
+                    continue;
+                }
             };
             out.push(Effect::Respond {
                 reply: p.reply,
@@ -218,7 +213,7 @@ impl Core {
         let revealed = self
             .coordinator
             .job(&m.job)
-            .is_some_and(|j| j.settled || j.revealed_at.is_some());
+            .is_some_and(|j| j.takes_results());
         Ok(if revealed {
             Committed::Revealed
         } else {
