@@ -582,6 +582,24 @@ fn volunteer_killed_mid_build_is_replaced_and_the_job_settles() {
 /// what they kept, and the job settles with both results.
 #[test]
 fn coordinator_killed_mid_job_collects_every_result_when_back() {
+    coordinator_killed_mid_job(Back::AtItsAddress);
+}
+
+/// The same, but the coordinator comes back on another port (a laptop that moved, a new
+/// lease from the router): its volunteers still dial the old address, so it must find
+/// them: it dials the peers it remembers (`peers.cbor`), and the job settles.
+#[test]
+fn coordinator_back_on_a_new_address_finds_its_volunteers() {
+    coordinator_killed_mid_job(Back::OnANewAddress);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Back {
+    AtItsAddress,
+    OnANewAddress,
+}
+
+fn coordinator_killed_mid_job(back: Back) {
     let mut farm = Farm::start("tiny-x86_64", 2, &[]);
     let job = JOB.replace("run = \"mkdir", "run = \"sleep 10 && mkdir");
     let p = Project::new(&job).file("msg.txt", "delivered to a restarted coordinator\n");
@@ -607,8 +625,18 @@ fn coordinator_killed_mid_job_collects_every_result_when_back() {
         },
     );
     w.mark("A and B finished while the coordinator was down");
-    farm.submitter.restart_listening(&addr);
-    w.mark("the coordinator restarted at its address");
+    match back {
+        Back::AtItsAddress => {
+            farm.submitter.restart_listening(&addr);
+            w.mark("the coordinator restarted at its address");
+        }
+        Back::OnANewAddress => {
+            farm.submitter.restart();
+            let moved = farm.submitter.multiaddr();
+            assert_ne!(moved, addr, "the coordinator came back on its old address");
+            w.mark(&format!("the coordinator restarted at {moved}, not {addr}"));
+        }
+    }
     let word = w.until(&farm, 60, "the verdict after the restart", |d| {
         verdict(&farm, d)
     });

@@ -23,7 +23,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use barn_protocol::message::*;
@@ -31,6 +31,7 @@ use barn_protocol::{ContentHash, NodeId, SecretKey, Signed};
 use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -46,6 +47,7 @@ use crate::config::Config;
 use crate::dirs::Dirs;
 use crate::net::behaviour::{Behaviour, BehaviourEvent};
 use crate::net::codec::Response;
+use crate::net::peerbook::{DIAL_AT_START, PeerBook, Redial};
 use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, TOPIC_SETTLEMENTS, topic};
 use crate::runner::Runner;
 use crate::sched::availability::{self, Conditions};
@@ -75,7 +77,15 @@ pub struct Parts {
     pub control: libp2p_stream::Control,
     /// The owner left the node paused (read from the data dir at start).
     pub paused: bool,
+    /// The bootstrap addresses, dialled again while their peer is not connected.
+    pub bootstrap: Vec<Multiaddr>,
 }
+
+/// Where the peer book lives in the data folder.
+pub const PEERBOOK_FILE: &str = "peers.cbor";
+/// How often a peer book whose peers were only seen again is written (a new peer or
+/// address is written at the next tick).
+const PEERBOOK_SAVE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Parts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +124,11 @@ pub struct Actor {
     pub(super) granted_ms: HashMap<(String, String), u64>,
     /// The node's shutdown; each job task gets a child.
     cancel: CancellationToken,
+    /// Peers met, remembered across restarts; saved every [`PEERBOOK_SAVE`].
+    peerbook: PeerBook,
+    peerbook_saved: Instant,
+    /// Bootstrap peers dialled again while they are not connected.
+    redial: Redial,
     /// The owner's `barn pause`, and where it is kept across restarts.
     paused: bool,
     pause_file: PauseFile,
@@ -154,7 +169,16 @@ impl Actor {
         let me = p.key.node_id();
         let (internal_tx, internal_rx) = mpsc::channel(256);
         let pause_file = PauseFile::new(&p.dirs.data);
+        let book_path = p.dirs.data.join(PEERBOOK_FILE);
+        let peerbook = PeerBook::load(&book_path).unwrap_or_else(|e| {
+            warn!("starting with no remembered peers: {e:#}");
+            PeerBook::new(book_path)
+        });
+        let redial = Redial::new(&p.bootstrap, Instant::now());
         Self {
+            peerbook,
+            peerbook_saved: Instant::now(),
+            redial,
             paused: p.paused,
             pause_file,
             load_unreadable: false,
@@ -187,6 +211,7 @@ impl Actor {
         cancel: CancellationToken,
     ) -> Result<()> {
         self.cancel = cancel.clone();
+        self.dial_remembered();
         self.update_availability().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -229,6 +254,7 @@ impl Actor {
                 // Timers before network events: a flood of gossip must not delay lease
                 // expiry or heartbeats.
                 _ = tick.tick() => {
+                    self.keep_connected();
                     self.update_availability().await;
                     self.feed(Input::Tick).await;
                 }
@@ -245,6 +271,9 @@ impl Actor {
         let drain = async { while tasks.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
         self.tasks.shutdown().await;
+        if let Err(e) = self.peerbook.save() {
+            warn!("failed to remember this node's peers: {e:#}");
+        }
         self.p.store.close().await;
         Ok(())
     }
@@ -636,9 +665,59 @@ impl Actor {
                 info,
                 ..
             })) => {
-                self.p.swarm.behaviour_mut().on_identify(&peer_id, &info);
+                let barn_peer = self.p.swarm.behaviour_mut().on_identify(&peer_id, &info);
+                if barn_peer {
+                    self.peerbook.record(peer_id, &info.listen_addrs, now());
+                }
             }
             _ => {}
+        }
+    }
+
+    // ---- staying connected ----
+
+    /// Dials the peers remembered from earlier runs, most recently seen first, so a node
+    /// that comes back (perhaps on another address) finds its farm without waiting to be
+    /// found.
+    fn dial_remembered(&mut self) {
+        let own = *self.p.swarm.local_peer_id();
+        for (peer, addrs) in self.peerbook.recent(DIAL_AT_START) {
+            if peer == own {
+                continue;
+            }
+            for a in &addrs {
+                self.p
+                    .swarm
+                    .behaviour_mut()
+                    .add_peer_address(&peer, a.clone());
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.p.swarm.dial(opts) {
+                debug!(%peer, "not dialling a remembered peer: {e}");
+            }
+        }
+    }
+
+    /// Dials lost bootstrap peers again (with a back-off) and saves the peer book now and
+    /// then.
+    fn keep_connected(&mut self) {
+        let now_i = Instant::now();
+        let swarm = &self.p.swarm;
+        let due = self.redial.due(now_i, |p| swarm.is_connected(p));
+        for addr in due {
+            debug!(%addr, "dialling a lost bootstrap peer again");
+            if let Err(e) = self.p.swarm.dial(addr.clone()) {
+                debug!(%addr, "failed to dial a bootstrap peer again: {e}");
+            }
+        }
+        if self.peerbook.has_news() || now_i.duration_since(self.peerbook_saved) >= PEERBOOK_SAVE {
+            self.peerbook_saved = now_i;
+            if let Err(e) = self.peerbook.save() {
+                warn!("failed to remember this node's peers: {e:#}");
+            }
         }
     }
 

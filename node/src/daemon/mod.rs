@@ -6,7 +6,8 @@
 //!
 //! Data dir layout: `node.key`, `barn.db` (SQLite, WAL), `blobs/` (content-addressed:
 //! sources, images as tars, artifacts, logs), `images/`, `work/` (VM scratch), `jobs/`
-//! (each job's log and artifacts on this volunteer), `api.addr` and `api.token`, and
+//! (each job's log and artifacts on this volunteer), `api.addr` and `api.token`,
+//! `peers.cbor` (the peers met, dialled again at the next start: `net::peerbook`), and
 //! `paused` while the owner has paused the node ([`owner::PauseFile`]).
 
 pub mod actor;
@@ -205,6 +206,7 @@ where
             swarm,
             control,
             paused,
+            bootstrap: net.bootstrap.clone(),
         },
         core,
     );

@@ -142,14 +142,15 @@ impl Behaviour {
     }
 
     /// Feeds what identify learnt into Kademlia: a barn peer that serves our DHT protocol
-    /// becomes routable at the addresses it listens on.
-    pub fn on_identify(&mut self, peer: &PeerId, info: &identify::Info) {
+    /// becomes routable at the addresses it listens on. Returns whether it is such a peer.
+    pub fn on_identify(&mut self, peer: &PeerId, info: &identify::Info) -> bool {
         if info.protocol_version != IDENTIFY_PROTOCOL || !info.protocols.contains(&KAD_PROTOCOL) {
-            return;
+            return false;
         }
         for addr in &info.listen_addrs {
             self.kad.add_address(peer, addr.clone());
         }
+        true
     }
 
     /// Adds a known peer address to Kademlia (e.g. a bootstrap node).

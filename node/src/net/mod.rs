@@ -6,6 +6,8 @@
 //!   identify, ping, libp2p-stream, optional mDNS) and its [`BehaviourEvent`];
 //! - [`codec`]: the `/barn/rpc/1` [`Request`]/[`Response`] types and their size-limited
 //!   ciborium codec;
+//! - [`peerbook`]: peers remembered across restarts and the redialling of lost bootstrap
+//!   peers;
 //! - [`blobs`]: blob transfer over `/barn/blob/1` streams ([`blobs::serve`],
 //!   [`blobs::fetch`]).
 //!
@@ -16,6 +18,7 @@
 pub mod behaviour;
 pub mod blobs;
 pub mod codec;
+pub mod peerbook;
 pub mod swarm;
 
 pub use behaviour::{Behaviour, BehaviourEvent};
