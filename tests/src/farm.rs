@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::netns::Host;
 use crate::{barn_bin, shared_data_dir};
 
 /// One node process.
@@ -19,12 +20,22 @@ pub struct Node {
     child: Child,
     /// The arguments it was started with after the common ones, for [`Node::restart`].
     extra: Vec<String>,
+    /// The namespaced host it runs on ([`crate::netns`]); `None`: this machine, 127.0.0.1.
+    pub host: Option<Host>,
+}
+
+/// `barn` as a command: on this machine, or inside `host`'s namespace.
+fn barn_command(host: Option<&Host>) -> Command {
+    match host {
+        Some(h) => h.command(barn_bin().as_os_str()),
+        None => Command::new(barn_bin()),
+    }
 }
 
 impl Node {
     /// Runs a barn command against this node's directories.
     pub fn barn(&self, args: &[&str]) -> Output {
-        Command::new(barn_bin())
+        barn_command(self.host.as_ref())
             .arg("--config-dir")
             .arg(&self.config)
             .arg("--data-dir")
@@ -62,8 +73,11 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// The node's listen address on 127.0.0.1 with its peer id, from its own advert.
+    /// The node's listen address (on 127.0.0.1, or its host's address) with its peer id,
+    /// from its own advert.
     pub fn multiaddr(&self) -> String {
+        let ip = self.host.as_ref().map_or("127.0.0.1", |h| h.ip.as_str());
+        let want = format!("/ip4/{ip}/");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.barn(&["nodes", "--json"]);
@@ -75,7 +89,7 @@ impl Node {
                 let addr = me["addrs"].as_array().and_then(|a| {
                     a.iter()
                         .filter_map(|x| x.as_str())
-                        .find(|x| x.contains("/ip4/127.0.0.1/"))
+                        .find(|x| x.contains(&want))
                         .map(str::to_string)
                 });
                 if let Some(addr) = addr {
@@ -128,7 +142,8 @@ impl Node {
     /// Stops the process and starts it again with the same directories and arguments
     /// (new ports; the log is appended to).
     pub fn restart(&mut self) {
-        self.restart_with("/ip4/127.0.0.1/tcp/0");
+        let ip = self.host.as_ref().map_or("127.0.0.1", |h| h.ip.as_str());
+        self.restart_with(&format!("/ip4/{ip}/tcp/0"));
     }
 
     fn restart_with(&mut self, listen: &str) {
@@ -141,7 +156,8 @@ impl Node {
             .unwrap_or_else(|| panic!("node {} has no root", self.name));
         // A killed node leaves its API address behind; the new one writes its own.
         let _ = std::fs::remove_file(self.data.join("api.addr"));
-        *self = spawn_listening(&root, &self.name, &self.extra, listen);
+        let host = self.host.clone();
+        *self = spawn_on(&root, &self.name, &self.extra, listen, host);
     }
 
     fn stop(&mut self) {
@@ -184,12 +200,22 @@ fn spawn(root: &Path, name: &str, extra: &[String]) -> Node {
 }
 
 fn spawn_listening(root: &Path, name: &str, extra: &[String], listen: &str) -> Node {
+    spawn_on(root, name, extra, listen, None)
+}
+
+/// Starts `barn node` named `name` on `host` (or this machine), listening on its address.
+pub fn spawn_at(root: &Path, name: &str, extra: &[String], host: Option<Host>) -> Node {
+    let ip = host.as_ref().map_or("127.0.0.1", |h| h.ip.as_str());
+    spawn_on(root, name, extra, &format!("/ip4/{ip}/tcp/0"), host)
+}
+
+fn spawn_on(root: &Path, name: &str, extra: &[String], listen: &str, host: Option<Host>) -> Node {
     let config = root.join(name).join("config");
     let data = root.join(name).join("data");
     std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
     let log = root.join(format!("{name}.log"));
-    let child = Command::new(barn_bin())
+    let child = barn_command(host.as_ref())
         .arg("--config-dir")
         .arg(&config)
         .arg("--data-dir")
@@ -215,6 +241,7 @@ fn spawn_listening(root: &Path, name: &str, extra: &[String], listen: &str) -> N
         log,
         child,
         extra: extra.to_vec(),
+        host,
     };
     node.wait_ready();
     node
@@ -244,6 +271,18 @@ impl Farm {
     /// and have no images (they fetch the job's image from the submitter). `faulty` names
     /// volunteers (1-based) started with the test-only output fault.
     pub fn start(image: &str, volunteers: usize, faulty: &[usize]) -> Self {
+        let hosts = vec![None; volunteers];
+        Self::start_on(image, None, hosts, faulty)
+    }
+
+    /// [`Farm::start`] with each node on a host of its own ([`crate::netns`]; `None`: this
+    /// machine): the submitter on `submitter`, one volunteer on each of `volunteers`.
+    pub fn start_on(
+        image: &str,
+        submitter: Option<Host>,
+        volunteers: Vec<Option<Host>>,
+        faulty: &[usize],
+    ) -> Self {
         crate::ensure_image(image);
         // BARN_KEEP_FARM=1 keeps the nodes' directories and logs after the test, to read.
         let keep = std::env::var_os("BARN_KEEP_FARM").is_some();
@@ -256,7 +295,7 @@ impl Farm {
             println!("farm kept in {}", root.path().display());
         }
         let accel = ["--accel".to_string(), "tcg".to_string()];
-        let submitter = spawn(root.path(), "submitter", &accel);
+        let submitter = spawn_at(root.path(), "submitter", &accel, submitter);
         give_image(image, &submitter.data);
         let made = submitter.barn(&["key", "new"]);
         assert!(
@@ -266,8 +305,9 @@ impl Farm {
         );
         let project_key = String::from_utf8_lossy(&made.stdout).trim().to_string();
         let boot = submitter.multiaddr();
+        let count = volunteers.len();
         let mut vs = Vec::new();
-        for i in 1..=volunteers {
+        for (i, host) in (1..).zip(volunteers) {
             let mut extra = vec![
                 "--bootstrap".to_string(),
                 boot.clone(),
@@ -278,7 +318,12 @@ impl Farm {
             if faulty.contains(&i) {
                 extra.push("--fault-alter-outputs".into());
             }
-            vs.push(spawn(root.path(), &format!("volunteer-{i}"), &extra));
+            vs.push(spawn_at(
+                root.path(),
+                &format!("volunteer-{i}"),
+                &extra,
+                host,
+            ));
         }
         let farm = Farm {
             submitter,
@@ -286,7 +331,7 @@ impl Farm {
             project_key,
             root,
         };
-        farm.wait_for_adverts(volunteers);
+        farm.wait_for_adverts(count);
         farm
     }
 

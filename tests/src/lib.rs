@@ -3,6 +3,7 @@
 
 pub mod fake;
 pub mod farm;
+pub mod netns;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use barn_protocol::Signed;
 use barn_protocol::message::BuildResult;
 use barn_tests::farm::{Farm, Node};
+use barn_tests::netns::{Nat, Net};
 use barn_tests::{Project, poll};
 use serde_json::Value;
 
@@ -652,4 +653,90 @@ fn both_running(farm: &Farm, w: &mut Watch, a: &str, b: &str) {
         (running(a) && running(b)).then_some(())
     });
     w.mark("A and B are running the job");
+}
+
+/// Issue 10's partition on separate networks: a coordinator on the public network and
+/// three volunteers behind one home NAT (`barn_tests::netns`). While two of them build
+/// a 2-replica job, one (A) loses its link for longer than a lease: its lease lapses, the
+/// third (C) takes the replica over and the job settles with B and C. When A's link comes
+/// back, A delivers the result it finished meanwhile: the coordinator keeps it once, as
+/// late, and it counts for nothing.
+#[test]
+fn a_partition_longer_than_a_lease_regrants_and_the_late_result_is_kept_once() {
+    let Some(mut net) = Net::new() else { return };
+    let coordinator = net.public_host("coord");
+    let mut home = net.home("home", Nat::Masquerade);
+    let hosts = (1..=3)
+        .map(|i| Some(net.host_in(&mut home, &format!("v{i}"))))
+        .collect();
+    let farm = Farm::start_on("tiny-x86_64", Some(coordinator), hosts, &[]);
+    let job = JOB.replace("run = \"mkdir", "run = \"sleep 20 && mkdir");
+    let p = Project::new(&job).file("msg.txt", "built across a partition\n");
+    let id = farm.submit(&p, 2);
+    let mut w = Watch::new(&id);
+    w.mark(&format!("submitted {id} with 2 replicas, a 20 s build"));
+    let peers: Vec<String> = farm.volunteers.iter().map(Node::peer_id).collect();
+    // The two the coordinator granted first are A and B; the third is C.
+    let (ia, ib) = w.until(&farm, BUILD_SECS, "two volunteers running the job", |d| {
+        let running: Vec<usize> = (0..3)
+            .filter(|&i| lease_state(d, &peers[i]).is_some_and(|s| s == "running"))
+            .collect();
+        (running.len() == 2).then(|| (running[0], running[1]))
+    });
+    let ic = 3 - ia - ib;
+    let (a, b, c) = (&peers[ia], &peers[ib], &peers[ic]);
+    w.name(a, "A");
+    w.name(b, "B");
+    w.name(c, "C");
+    w.mark("A and B are running the job");
+    let host_a = farm.volunteers[ia].host.clone().unwrap();
+    net.cut(&host_a);
+    w.mark("A's link taken down");
+    w.until(&farm, LEASE_SECS + 30, "A's lease to lapse", |d| {
+        (lease_state(d, a).as_deref() == Some("expired")).then_some(())
+    });
+    w.mark("A's lease lapsed");
+    w.until(&farm, 60, "C to take the replica over", |d| {
+        lease_state(d, c)
+            .is_some_and(|s| s == "running")
+            .then_some(())
+    });
+    w.mark("C is running the job");
+    let word = w.until(&farm, BUILD_SECS, "the verdict with B and C", |d| {
+        verdict(&farm, d)
+    });
+    w.mark(&format!("verdict: {word}"));
+    poll(BUILD_SECS, "A to finish its build behind the cut", || {
+        own_result(&farm.volunteers[ia], &id, a).map(|_| ())
+    });
+    w.mark("A finished behind the cut");
+    net.heal(&host_a);
+    w.mark("A's link back up");
+    let late = |d: &Value| -> Vec<Value> {
+        d["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["node"] == *a)
+            .cloned()
+            .collect()
+    };
+    w.until(&farm, 120, "A's late result at the coordinator", |d| {
+        (!late(d).is_empty()).then_some(())
+    });
+    w.mark("A's result arrived");
+    // Its outbox may try again meanwhile: still one, and late.
+    w.idle(&farm, 10);
+    let report = w.report();
+    let kept = late(&w.last);
+    assert_eq!(kept.len(), 1, "A's result kept once\n{report}");
+    assert_eq!(kept[0]["late"], true, "A's result is late\n{report}");
+    println!("{report}");
+    assert_reproducible_by(
+        &farm,
+        &w,
+        &word,
+        &[b.clone(), c.clone()].into_iter().collect(),
+    );
+    drop(farm);
 }
