@@ -30,6 +30,23 @@ pub struct StatusView {
     /// cause).
     #[serde(default)]
     pub store_errors: u64,
+    /// What this node turned away since it started, by kind and reason (each also in the
+    /// log). Absent from older nodes: empty.
+    #[serde(default)]
+    pub rejected: Vec<Rejection>,
+}
+
+/// A count of messages, requests or connections turned away for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// `gossip` (rejected: its sender penalised), `gossip_ignored` (dropped, no penalty),
+    /// `request` (an RPC refused) or `peer` (a peer disconnected or turned away).
+    pub kind: String,
+    /// The gossip topic, for gossip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    pub reason: String,
+    pub count: u64,
 }
 
 /// A node known from its adverts (or this node itself).

@@ -48,6 +48,9 @@ pub enum Refusal {
     CommitmentMismatch,
     /// Not every replica has committed: send the result again later.
     NotYet,
+    /// The sender sent more requests than the receiver takes from one peer: send again
+    /// after `secs` seconds.
+    RateLimited { secs: u64 },
 }
 
 /// What the sender should do after a refusal.
@@ -67,6 +70,7 @@ impl Refusal {
     pub fn next_step(&self) -> NextStep {
         match self {
             Refusal::NotYet | Refusal::ClockSkew { .. } | Refusal::Full => NextStep::RetryLater,
+            Refusal::RateLimited { .. } => NextStep::RetryLater,
             Refusal::PoorReputation => NextStep::RetryLater,
             Refusal::NoCommitment => NextStep::CommitAgain,
             _ => NextStep::GiveUp,
@@ -93,6 +97,7 @@ impl Refusal {
             Refusal::NoCommitment => "no_commitment",
             Refusal::CommitmentMismatch => "commitment_mismatch",
             Refusal::NotYet => "not_yet",
+            Refusal::RateLimited { .. } => "rate_limited",
         }
     }
 }
@@ -125,6 +130,9 @@ impl fmt::Display for Refusal {
                 f.write_str("the result does not match this node's commitment")
             }
             Refusal::NotYet => f.write_str("not every replica has committed yet: reveal later"),
+            Refusal::RateLimited { secs } => {
+                write!(f, "too many requests from this node: send again in {secs}s")
+            }
         }
     }
 }
@@ -142,12 +150,17 @@ mod tests {
             Refusal::NoCommitment,
             Refusal::Mismatch { why: "arch".into() },
             Refusal::ClockSkew { secs: 400 },
+            Refusal::RateLimited { secs: 1 },
         ] {
             let bytes = crate::cbor::to_vec(&r);
             let back: Refusal = crate::cbor::from_slice(&bytes, 1024).unwrap();
             assert_eq!(back, r);
         }
         assert_eq!(Refusal::NotYet.next_step(), NextStep::RetryLater);
+        assert_eq!(
+            Refusal::RateLimited { secs: 1 }.next_step(),
+            NextStep::RetryLater
+        );
         assert_eq!(Refusal::NoCommitment.next_step(), NextStep::CommitAgain);
         assert_eq!(Refusal::Settled.next_step(), NextStep::GiveUp);
     }

@@ -458,10 +458,21 @@ fn render_metrics(status: &StatusView, nodes: &[NodeView], jobs: &[JobView]) -> 
             n.disagreements,
         );
     }
+    m.counter_family(
+        "barn_rejected_total",
+        "Messages, requests and peers this node turned away since it started, by kind (gossip: rejected and its sender penalised; gossip_ignored: dropped without penalty; request: an RPC refused; peer: disconnected or turned away), topic and reason.",
+    );
+    for r in &status.rejected {
+        let mut labels = vec![("kind", r.kind.as_str()), ("reason", r.reason.as_str())];
+        if let Some(t) = &r.topic {
+            labels.push(("topic", t.as_str()));
+        }
+        m.sample("barn_rejected_total", &labels, r.count);
+    }
     m.out
 }
 
-/// A Prometheus text-format writer (gauges only).
+/// A Prometheus text-format writer (gauges, and counters).
 #[derive(Debug, Default)]
 struct Metrics {
     out: String,
@@ -471,6 +482,10 @@ impl Metrics {
     fn family(&mut self, name: &str, help: &str) {
         // Writing to a String cannot fail.
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    }
+
+    fn counter_family(&mut self, name: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} counter");
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
@@ -549,6 +564,12 @@ mod tests {
                         images: BTreeMap::new(),
                         paused: false,
                         unavailable: vec![],
+                        rejected: vec![crate::view::Rejection {
+                            kind: "gossip".into(),
+                            topic: Some("jobs".into()),
+                            reason: "not_from_coordinator".into(),
+                            count: 7,
+                        }],
                     });
                 }
                 Command::Nodes(r) => {
@@ -891,6 +912,8 @@ mod tests {
             "barn_results_succeeded_total 3",
             "barn_info{node=\"12D3KooWselfnode\",version=\"0.1.0\"} 1",
             "barn_node_agreements{node=\"12D3KooWother\\\"1\"} 5",
+            "# TYPE barn_rejected_total counter",
+            "barn_rejected_total{kind=\"gossip\",reason=\"not_from_coordinator\",topic=\"jobs\"} 7",
         ] {
             assert!(
                 body.lines().any(|l| l == line),

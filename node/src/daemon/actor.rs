@@ -48,6 +48,7 @@ use crate::dirs::Dirs;
 use crate::net::behaviour::{Behaviour, BehaviourEvent};
 use crate::net::codec::Response;
 use crate::net::peerbook::{DIAL_AT_START, PeerBook, Redial};
+use crate::net::ratelimit::{Check, PeerLimits};
 use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, TOPIC_SETTLEMENTS, topic};
 use crate::runner::Runner;
 use crate::sched::availability::{self, Conditions};
@@ -129,6 +130,10 @@ pub struct Actor {
     peerbook_saved: Instant,
     /// Bootstrap peers dialled again while they are not connected.
     redial: Redial,
+    /// Per-peer request rates, and the peers banned for flooding.
+    limits: PeerLimits,
+    /// Peers and requests turned away here (before the core), by reason.
+    peer_rejected: BTreeMap<&'static str, u64>,
     /// The owner's `barn pause`, and where it is kept across restarts.
     paused: bool,
     pause_file: PauseFile,
@@ -179,6 +184,8 @@ impl Actor {
             peerbook,
             peerbook_saved: Instant::now(),
             redial,
+            limits: PeerLimits::default(),
+            peer_rejected: BTreeMap::new(),
             paused: p.paused,
             pause_file,
             load_unreadable: false,
@@ -324,8 +331,8 @@ impl Actor {
                 if let Some((id, source)) = self.gossip.remove(&msg) {
                     let a = match acceptance {
                         Acceptance::Accept => gossipsub::MessageAcceptance::Accept,
-                        Acceptance::Reject => gossipsub::MessageAcceptance::Reject,
-                        Acceptance::Ignore => gossipsub::MessageAcceptance::Ignore,
+                        Acceptance::Reject(_) => gossipsub::MessageAcceptance::Reject,
+                        Acceptance::Ignore(_) => gossipsub::MessageAcceptance::Ignore,
                     };
                     self.p.swarm.behaviour_mut().report_gossip(&id, &source, a);
                 }
@@ -552,7 +559,17 @@ impl Actor {
                 peer_id, endpoint, ..
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if self.limits.is_banned(&peer_id, Instant::now()) {
+                    debug!(peer = %peer_id, "a banned peer connected: disconnecting it");
+                    self.count_peer_rejection("banned_peer_reconnected");
+                    let _ = self.p.swarm.disconnect_peer_id(peer_id);
+                }
             }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.limits.forget(&peer_id),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -569,10 +586,12 @@ impl Actor {
                 self.next_msg += 1;
                 let msg = MsgRef(self.next_msg);
                 self.gossip.insert(msg, (message_id, propagation_source));
+                let source = message.source.and_then(|p| NodeId::from_peer_id(&p).ok());
                 self.feed(Input::Gossip {
                     msg,
                     topic: t,
                     data: message.data,
+                    source,
                 })
                 .await;
             }
@@ -592,6 +611,23 @@ impl Actor {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    let check = self.limits.check(peer, Instant::now());
+                    if check != Check::Allow {
+                        let refusal = barn_protocol::Refusal::RateLimited { secs: 1 };
+                        let _ = self
+                            .p
+                            .swarm
+                            .behaviour_mut()
+                            .rpc
+                            .send_response(channel, Response::Refused(refusal));
+                        self.count_peer_rejection("rate_limited");
+                        if check == Check::Ban {
+                            warn!(%peer, "a peer kept flooding requests: disconnected and banned for {:?}", crate::net::ratelimit::BAN);
+                            self.count_peer_rejection("banned");
+                            let _ = self.p.swarm.disconnect_peer_id(peer);
+                        }
+                        return;
+                    }
                     let from = match NodeId::from_peer_id(&peer) {
                         Ok(n) => n,
                         Err(e) => {
@@ -675,6 +711,15 @@ impl Actor {
     }
 
     // ---- staying connected ----
+
+    fn count_peer_rejection(&mut self, why: &'static str) {
+        *self.peer_rejected.entry(why).or_default() += 1;
+    }
+
+    /// Peers and requests turned away before the core, by reason.
+    pub(super) fn peer_rejections(&self) -> &BTreeMap<&'static str, u64> {
+        &self.peer_rejected
+    }
 
     /// Dials the peers remembered from earlier runs, most recently seen first, so a node
     /// that comes back (perhaps on another address) finds its farm without waiting to be

@@ -29,7 +29,44 @@ pub fn status(a: &Actor) -> StatusView {
         paused: a.paused(),
         unavailable: a.unavailable_words(),
         store_errors: p.store.errors(),
+        rejected: rejections(a),
     }
+}
+
+/// The core's and the actor's counts of what was turned away.
+fn rejections(a: &Actor) -> Vec<crate::view::Rejection> {
+    use crate::view::Rejection;
+    let c = a.core().counts();
+    let gossip = |kind: &str, m: &std::collections::BTreeMap<(&str, &str), u64>| {
+        m.iter()
+            .map(|((topic, reason), n)| Rejection {
+                kind: kind.into(),
+                topic: Some((*topic).into()),
+                reason: (*reason).into(),
+                count: *n,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = gossip("gossip", &c.rejected);
+    out.extend(gossip("gossip_ignored", &c.ignored));
+    let plain = |kind: &str, reason: &str, count: u64| Rejection {
+        kind: kind.into(),
+        topic: None,
+        reason: reason.into(),
+        count,
+    };
+    out.extend(c.refused.iter().map(|(r, n)| plain("request", r, *n)));
+    for (reason, n) in a.peer_rejections() {
+        out.push(plain("peer", reason, *n));
+    }
+    if c.forgotten_jobs > 0 {
+        out.push(plain(
+            "gossip_ignored",
+            "untrusted_job_forgotten",
+            c.forgotten_jobs,
+        ));
+    }
+    out
 }
 
 pub fn nodes(a: &Actor) -> Vec<NodeView> {

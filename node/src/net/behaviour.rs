@@ -41,9 +41,24 @@ pub type Mdns = libp2p::swarm::dummy::Behaviour;
 /// The request-response behaviour with barn's codec.
 pub type Rpc = request_response::Behaviour<Codec>;
 
+/// Established connections per peer: one each way is all a barn node needs (a second
+/// covers a simultaneous dial).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Established inbound connections in all.
+pub const MAX_INBOUND: u32 = 256;
+/// Inbound connections still in their handshake.
+pub const MAX_PENDING_INBOUND: u32 = 64;
+/// Established connections in all.
+pub const MAX_CONNECTIONS: u32 = 512;
+/// Above this much resident memory the node accepts no new connection.
+pub const MAX_MEMORY_FOR_CONNECTIONS: usize = 1 << 30;
+
 /// Every behaviour a barn node runs, composed; one event enum, [`BehaviourEvent`].
+/// The limits come first: a connection they deny never reaches the others.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    pub limits: libp2p::connection_limits::Behaviour,
+    pub memory: libp2p::memory_connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub rpc: Rpc,
     pub kad: kad::Behaviour<MemoryStore>,
@@ -83,11 +98,17 @@ impl Behaviour {
             })
             .build()
             .map_err(|e| NetError::Gossipsub(e.to_string()))?;
-        let gossipsub = gossipsub::Behaviour::new(
+        let mut gossipsub = gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossip_config,
         )
         .map_err(|e| NetError::Gossipsub(e.to_string()))?;
+        gossipsub
+            .with_peer_score(
+                peer_score_params(),
+                gossipsub::PeerScoreThresholds::default(),
+            )
+            .map_err(NetError::Gossipsub)?;
 
         let rpc = request_response::Behaviour::with_codec(
             codec,
@@ -117,7 +138,16 @@ impl Behaviour {
             None
         };
 
+        let limits = libp2p::connection_limits::ConnectionLimits::default()
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+            .with_max_established_incoming(Some(MAX_INBOUND))
+            .with_max_pending_incoming(Some(MAX_PENDING_INBOUND))
+            .with_max_established(Some(MAX_CONNECTIONS));
         Ok(Self {
+            limits: libp2p::connection_limits::Behaviour::new(limits),
+            memory: libp2p::memory_connection_limits::Behaviour::with_max_bytes(
+                MAX_MEMORY_FOR_CONNECTIONS,
+            ),
             gossipsub,
             rpc,
             kad,
@@ -156,6 +186,39 @@ impl Behaviour {
     /// Adds a known peer address to Kademlia (e.g. a bootstrap node).
     pub fn add_peer_address(&mut self, peer: &PeerId, addr: Multiaddr) {
         self.kad.add_address(peer, addr);
+    }
+}
+
+/// gossipsub peer scoring: a message the application rejects costs its sender
+/// (invalid deliveries are squared: one costs 10, three put it past the graylist at -80,
+/// after which everything it sends is ignored; the penalty decays by 70% every decay
+/// interval, so an honest node that relayed one bad message recovers). Delivery-rate
+/// penalties are off (barn's topics are quiet, and quiet is not a fault), and so is the
+/// penalty for many peers behind one IP address (volunteers share home and carrier NATs).
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.3,
+        ..Default::default()
+    };
+    let topics = [
+        super::swarm::TOPIC_JOBS,
+        super::swarm::TOPIC_ADVERTS,
+        super::swarm::TOPIC_RESULTS,
+        super::swarm::TOPIC_SETTLEMENTS,
+    ]
+    .into_iter()
+    .map(|name| (super::swarm::topic(name).hash(), topic.clone()))
+    .collect();
+    gossipsub::PeerScoreParams {
+        topics,
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
     }
 }
 

@@ -8,6 +8,7 @@
 //!   ciborium codec;
 //! - [`peerbook`]: peers remembered across restarts and the redialling of lost bootstrap
 //!   peers;
+//! - [`ratelimit`]: per-peer request rates and bans for flooding peers;
 //! - [`blobs`]: blob transfer over `/barn/blob/1` streams ([`blobs::serve`],
 //!   [`blobs::fetch`]).
 //!
@@ -19,6 +20,7 @@ pub mod behaviour;
 pub mod blobs;
 pub mod codec;
 pub mod peerbook;
+pub mod ratelimit;
 pub mod swarm;
 
 pub use behaviour::{Behaviour, BehaviourEvent};

@@ -544,6 +544,38 @@ impl Db {
         Ok(())
     }
 
+    /// Keeps at most `max` nodes known only by their adverts (no reputation counted), the
+    /// most recently seen; returns how many were forgotten. Adverts from thousands of
+    /// fresh keys cannot grow the table past it.
+    pub fn trim_adverts(&self, max: usize) -> Result<usize, DbError> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let n = self.conn.execute(
+            "DELETE FROM nodes WHERE id IN (
+                 SELECT id FROM nodes WHERE agreements = 0 AND disagreements = 0
+                 ORDER BY last_seen ASC
+                 LIMIT MAX(0, (SELECT COUNT(*) FROM nodes
+                               WHERE agreements = 0 AND disagreements = 0) - ?1))",
+            params![max],
+        )?;
+        Ok(n)
+    }
+
+    /// Forgets a job this node only heard of (not one it coordinates or ran): the job and
+    /// the results and leases stored with it.
+    pub fn forget_job(&mut self, id: &JobId) -> Result<(), DbError> {
+        let tx = self.conn.transaction()?;
+        for sql in [
+            "DELETE FROM results WHERE job_id = ?1",
+            "DELETE FROM leases WHERE job_id = ?1",
+            "DELETE FROM votes WHERE job_id = ?1",
+            "DELETE FROM jobs WHERE id = ?1 AND coordinated = 0",
+        ] {
+            tx.execute(sql, params![id.0.as_bytes()])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Counts one comparison of a node's result with the majority.
     pub fn record_agreement(&self, node: &NodeId, agreed: bool, now: u64) -> Result<(), DbError> {
         let (a, d) = if agreed { (1, 0) } else { (0, 1) };

@@ -59,7 +59,12 @@ pub enum StoreOp {
     },
     PutOutgoing(OutgoingRecord),
     DeleteOutgoing(JobId),
+    /// Forget a job heard from an untrusted submitter, to keep their number bounded.
+    ForgetJob(JobId),
 }
+
+/// Nodes known only by their adverts that the database keeps (the most recently seen).
+pub const MAX_ADVERTS: usize = 4096;
 
 impl StoreOp {
     /// What the write does, completing "failed to …".
@@ -87,6 +92,7 @@ impl StoreOp {
             StoreOp::UpsertAdvert { node, .. } => format!("store the advert of {}", node.short()),
             StoreOp::PutOutgoing(o) => format!("keep the result of job {}", o.job.short()),
             StoreOp::DeleteOutgoing(j) => format!("forget the result of job {}", j.short()),
+            StoreOp::ForgetJob(j) => format!("forget job {}", j.short()),
         }
     }
 }
@@ -116,9 +122,13 @@ pub fn apply(db: &mut Db, op: &StoreOp) -> Result<(), DbError> {
             now,
         } => db.settle(job, settlement, votes, *now),
         StoreOp::PutSettlement { job, settlement } => db.put_settlement(job, settlement),
-        StoreOp::UpsertAdvert { node, advert, seen } => db.upsert_node_advert(node, advert, *seen),
+        StoreOp::UpsertAdvert { node, advert, seen } => {
+            db.upsert_node_advert(node, advert, *seen)?;
+            db.trim_adverts(MAX_ADVERTS).map(drop)
+        }
         StoreOp::PutOutgoing(o) => db.put_outgoing(o),
         StoreOp::DeleteOutgoing(j) => db.delete_outgoing(j),
+        StoreOp::ForgetJob(j) => db.forget_job(j),
     }
 }
 

@@ -40,6 +40,7 @@ use crate::sched::{Capabilities, Coordinator, Trust, Volunteer};
 use crate::store::ops::StoreOp;
 use crate::verify::verdict::Verdict;
 use crate::view::Event;
+use tracing::debug;
 
 /// An outbound request, named by the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,25 +63,59 @@ pub enum Topic {
     Settlements,
 }
 
+impl Topic {
+    /// A word for logs and metrics.
+    pub fn word(self) -> &'static str {
+        match self {
+            Topic::Jobs => "jobs",
+            Topic::Adverts => "adverts",
+            Topic::Results => "results",
+            Topic::Settlements => "settlements",
+        }
+    }
+}
+
 /// What gossipsub should do with a message: forward it, penalise its sender, or neither.
+/// Rejections and ignores carry their reason, a snake_case word counted in [`Counts`]
+/// and shown in `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acceptance {
     /// Valid: forward.
     Accept,
     /// Invalid: drop and penalise the peer that sent it.
-    Reject,
+    Reject(&'static str),
     /// Valid but not for us, or already known: drop without penalty.
-    Ignore,
+    Ignore(&'static str),
+}
+
+/// Jobs from submitters this node does not trust that it keeps (only heard of: neither
+/// coordinated nor run here), the most recently announced; older ones are forgotten, in
+/// memory and in the database.
+pub const MAX_UNTRUSTED_JOBS: usize = 1024;
+
+/// What the core turned away, by reason, since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Gossip rejected (its sender penalised), by topic and reason.
+    pub rejected: BTreeMap<(&'static str, &'static str), u64>,
+    /// Gossip dropped without penalty, by topic and reason.
+    pub ignored: BTreeMap<(&'static str, &'static str), u64>,
+    /// Requests refused, by [`barn_protocol::Refusal::word`].
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Jobs from untrusted submitters forgotten to stay under [`MAX_UNTRUSTED_JOBS`].
+    pub forgotten_jobs: u64,
 }
 
 /// Something that happened to the node.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// A gossip message.
+    /// A gossip message; `source`: the node that published it (gossipsub's signed author,
+    /// not the neighbour that forwarded it).
     Gossip {
         msg: MsgRef,
         topic: Topic,
         data: Vec<u8>,
+        source: Option<NodeId>,
     },
     /// A peer subscribed to a topic: it should hear the open jobs and this node soon.
     Subscribed { topic: Topic },
@@ -301,6 +336,11 @@ pub struct Core {
     parked: Vec<Parked>,
     /// Results each known settlement names (jobs coordinated elsewhere), by digest.
     settled: BTreeMap<JobId, BTreeSet<ContentHash>>,
+    /// Jobs from untrusted submitters only heard of, with when they were last announced.
+    untrusted: BTreeMap<JobId, u64>,
+    /// Known job envelopes by their hash, so a re-announcement is not verified again.
+    by_envelope: BTreeMap<ContentHash, JobId>,
+    counts: Counts,
     last_announce: u64,
     last_heartbeat: u64,
     last_advert: u64,
@@ -325,6 +365,9 @@ impl Core {
             taken: BTreeMap::new(),
             reputation: BTreeMap::new(),
             settled: BTreeMap::new(),
+            untrusted: BTreeMap::new(),
+            by_envelope: BTreeMap::new(),
+            counts: Counts::default(),
             parked: Vec::new(),
             last_announce: 0,
             last_heartbeat: 0,
@@ -338,8 +381,23 @@ impl Core {
         let mut out = Vec::new();
         self.now = now;
         match input {
-            Input::Gossip { msg, topic, data } => {
-                let acceptance = self.on_gossip(topic, &data, now, &mut out);
+            Input::Gossip {
+                msg,
+                topic,
+                data,
+                source,
+            } => {
+                let acceptance = self.on_gossip(topic, source, &data, now, &mut out);
+                match acceptance {
+                    Acceptance::Accept => {}
+                    Acceptance::Reject(why) => {
+                        debug!(topic = topic.word(), source = ?source.map(|s| s.short()), "gossip rejected: {why}");
+                        *self.counts.rejected.entry((topic.word(), why)).or_default() += 1;
+                    }
+                    Acceptance::Ignore(why) => {
+                        *self.counts.ignored.entry((topic.word(), why)).or_default() += 1;
+                    }
+                }
                 out.push(Effect::Validate { msg, acceptance });
             }
             Input::Subscribed { topic } => match topic {
@@ -405,7 +463,21 @@ impl Core {
                 }
             }
         }
+        for e in &out {
+            if let Effect::Respond {
+                response: Response::Refused(r),
+                ..
+            } = e
+            {
+                *self.counts.refused.entry(r.word()).or_default() += 1;
+            }
+        }
         out
+    }
+
+    /// What the core turned away since it started.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     fn on_tick(&mut self, now: u64, out: &mut Vec<Effect>) {

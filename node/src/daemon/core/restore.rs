@@ -38,6 +38,11 @@ impl Core {
                 }
             };
             let job = signed.message().clone();
+            core.by_envelope
+                .insert(ContentHash::of(&rec.envelope), rec.id);
+            if !rec.coordinated && !core.cfg.trust.trusts(&rec.submitter) {
+                core.untrusted.insert(rec.id, rec.created);
+            }
             core.jobs.insert(
                 rec.id,
                 Known {

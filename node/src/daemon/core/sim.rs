@@ -220,6 +220,7 @@ impl Sim {
                                 msg,
                                 topic,
                                 data: data.clone(),
+                                source: Some(self.nodes[i].id()),
                             };
                             self.schedule(now_ms + self.delay_ms, j, Delivery::Input(input));
                         }
@@ -465,8 +466,24 @@ impl Sim {
         replicas: u8,
         tweak: impl FnOnce(&mut Job),
     ) -> JobId {
+        let mut job = self.job(self.nodes[coordinator].id(), replicas);
+        tweak(&mut job);
+        let signed = Signed::sign(job, &self.submitter);
+        let id = JobId::of(&signed);
+        self.input(
+            coordinator,
+            Input::Submit {
+                token: 0,
+                envelope: signed.to_bytes(),
+            },
+        );
+        id
+    }
+
+    /// An unsigned job coordinated by `coordinator`, valid for an hour from now.
+    pub fn job(&self, coordinator: NodeId, replicas: u8) -> Job {
         let now = self.now();
-        let mut job = Job {
+        Job {
             spec: JobSpec {
                 image: "tiny-x86_64".into(),
                 arch: "x86_64".into(),
@@ -486,23 +503,12 @@ impl Sim {
             image_hash: ContentHash::of(b"image"),
             source: ContentHash::of(b"source"),
             source_size: 6,
-            coordinator: self.nodes[coordinator].id(),
+            coordinator,
             coordinator_addrs: vec![],
             created: now,
             expires: now + 3600,
             nonce: serde_bytes::ByteArray::new(random_bytes()),
-        };
-        tweak(&mut job);
-        let signed = Signed::sign(job, &self.submitter);
-        let id = JobId::of(&signed);
-        self.input(
-            coordinator,
-            Input::Submit {
-                token: 0,
-                envelope: signed.to_bytes(),
-            },
-        );
-        id
+        }
     }
 
     /// Takes node `i` down (its running jobs die with it).
@@ -601,8 +607,14 @@ impl Sim {
         answer.expect("every request is answered")
     }
 
-    /// A topic's gossip as node `to` would hear it.
-    pub fn gossip(&mut self, to: usize, topic: Topic, data: Vec<u8>) -> super::Acceptance {
+    /// A topic's gossip as node `to` would hear it, published by `source`.
+    pub fn gossip(
+        &mut self,
+        to: usize,
+        source: NodeId,
+        topic: Topic,
+        data: Vec<u8>,
+    ) -> super::Acceptance {
         let now = self.now();
         let core = self.nodes[to].core.as_mut().expect("the node is up");
         let effects = core.handle(
@@ -610,6 +622,7 @@ impl Sim {
                 msg: super::MsgRef(1),
                 topic,
                 data,
+                source: Some(source),
             },
             now,
         );

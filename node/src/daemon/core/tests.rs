@@ -529,9 +529,16 @@ fn observers_keep_only_settled_results_from_gossip() {
         .clone();
     r.node = liar.node_id();
     let forged = Signed::sign(r, &liar).to_bytes();
+    // Published by the liar: only the job's coordinator publishes its results.
     assert_eq!(
-        sim.gossip(observer, Topic::Results, forged),
-        Acceptance::Ignore
+        sim.gossip(observer, liar.node_id(), Topic::Results, forged.clone()),
+        Acceptance::Reject("not_from_coordinator")
+    );
+    // Even from the coordinator, a result no settlement names is not kept or relayed.
+    let c = sim.nodes[C].id();
+    assert_eq!(
+        sim.gossip(observer, c, Topic::Results, forged),
+        Acceptance::Ignore("not_settled")
     );
     assert_eq!(sim.nodes[observer].db.list_results(&job).unwrap().len(), 2);
 }
@@ -555,8 +562,13 @@ fn a_settlement_not_signed_by_the_coordinator_is_rejected() {
     )
     .to_bytes();
     assert_eq!(
-        sim.gossip(observer, Topic::Settlements, forged),
-        Acceptance::Reject
+        sim.gossip(observer, liar.node_id(), Topic::Settlements, forged.clone()),
+        Acceptance::Reject("not_from_coordinator")
+    );
+    let c = sim.nodes[C].id();
+    assert_eq!(
+        sim.gossip(observer, c, Topic::Settlements, forged),
+        Acceptance::Reject("bad_settlement")
     );
     assert!(sim.nodes[observer].db.settlement(&job).unwrap().is_none());
 }
@@ -784,4 +796,111 @@ fn a_tie_break_survives_a_coordinator_restart() {
     let s = sim.settlement(C, &job).unwrap();
     assert_eq!(s.replicas.len(), 3);
     assert_eq!(s.verdict, VerdictKind::Differs);
+}
+
+/// A job announcement made by the job's coordinator, as gossip data.
+fn announcement(envelope: Vec<u8>) -> Vec<u8> {
+    barn_protocol::cbor::to_vec(&JobAnnounce {
+        job: envelope,
+        sent: 0,
+    })
+}
+
+#[test]
+fn a_job_announced_by_anyone_but_its_coordinator_is_rejected_and_not_stored() {
+    let mut sim = farm(2);
+    let observer = sim.add(99, 0);
+    let job = sim.submit(C, 2, |_| {});
+    let envelope = sim.nodes[C].db.get_job(&job).unwrap().unwrap().envelope;
+    let c = sim.nodes[C].id();
+    let stranger = SecretKey::from_seed([77; 32]).node_id();
+    let fresh = sim.add(98, 0);
+    // Re-wrapped by a stranger: rejected before it is stored, on a node that never saw it.
+    assert_eq!(
+        sim.gossip(fresh, stranger, Topic::Jobs, announcement(envelope.clone())),
+        Acceptance::Reject("not_from_coordinator")
+    );
+    assert!(sim.nodes[fresh].db.get_job(&job).unwrap().is_none());
+    // Replayed by a stranger to a node that knows the job: rejected too.
+    sim.run_for(1);
+    assert!(sim.nodes[observer].db.get_job(&job).unwrap().is_some());
+    assert_eq!(
+        sim.gossip(
+            observer,
+            stranger,
+            Topic::Jobs,
+            announcement(envelope.clone())
+        ),
+        Acceptance::Reject("not_from_coordinator")
+    );
+    // From its coordinator, the same bytes are a re-announcement: accepted.
+    assert_eq!(
+        sim.gossip(fresh, c, Topic::Jobs, announcement(envelope)),
+        Acceptance::Accept
+    );
+    assert!(sim.nodes[fresh].db.get_job(&job).unwrap().is_some());
+    let counts = sim.nodes[observer].core.as_ref().unwrap().counts().clone();
+    assert_eq!(
+        counts.rejected.get(&("jobs", "not_from_coordinator")),
+        Some(&1)
+    );
+}
+
+#[test]
+fn jobs_and_adverts_from_thousands_of_fresh_keys_stay_bounded() {
+    let mut sim = farm(0);
+    let observer = sim.add(99, 0);
+    let extra = 20;
+    for i in 0..(super::MAX_UNTRUSTED_JOBS + extra) {
+        let seed = [(i % 251) as u8, (i / 251) as u8, 1, 2].repeat(8);
+        let key = SecretKey::from_seed(seed.try_into().unwrap());
+        let job = sim.job(key.node_id(), 1);
+        let envelope = Signed::sign(job, &key).to_bytes();
+        let from = key.node_id();
+        assert_eq!(
+            sim.gossip(observer, from, Topic::Jobs, announcement(envelope)),
+            Acceptance::Accept
+        );
+    }
+    let core = sim.nodes[observer].core.as_ref().unwrap();
+    assert_eq!(core.jobs.len(), super::MAX_UNTRUSTED_JOBS);
+    assert_eq!(core.counts().forgotten_jobs, extra as u64);
+    let stored = sim.nodes[observer].db.list_jobs().unwrap().len();
+    assert_eq!(stored, super::MAX_UNTRUSTED_JOBS, "jobs in the database");
+
+    let max = crate::store::ops::MAX_ADVERTS;
+    let now = sim.now();
+    for i in 0..(max + extra) {
+        let seed = [(i % 251) as u8, (i / 251) as u8, 3, 4].repeat(8);
+        let key = SecretKey::from_seed(seed.try_into().unwrap());
+        let advert = NodeAdvert {
+            node: key.node_id(),
+            version: "test".into(),
+            archs: vec![],
+            cpus: 1,
+            memory_bytes: 1 << 30,
+            free_slots: 1,
+            total_slots: 1,
+            images: Default::default(),
+            addrs: vec![],
+            time: now,
+            expires: now + 60,
+            unavailable: vec![],
+        };
+        let data = Signed::sign(advert, &key).to_bytes();
+        assert_eq!(
+            sim.gossip(observer, key.node_id(), Topic::Adverts, data.clone()),
+            Acceptance::Accept
+        );
+        if i == 0 {
+            // Someone else's advert, relayed as if it were theirs: rejected.
+            let other = SecretKey::from_seed([200; 32]).node_id();
+            assert_eq!(
+                sim.gossip(observer, other, Topic::Adverts, data),
+                Acceptance::Reject("not_from_advertiser")
+            );
+        }
+    }
+    let nodes = sim.nodes[observer].db.list_nodes().unwrap().len();
+    assert_eq!(nodes, max, "nodes known by their adverts in the database");
 }
