@@ -120,6 +120,47 @@ impl Node {
         }))
     }
 
+    /// The node's `/metrics` text, through its API (with its token).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let addr = std::fs::read_to_string(self.data.join("api.addr"))
+            .unwrap_or_else(|e| panic!("api.addr of {}: {e}", self.name));
+        let token = std::fs::read_to_string(self.data.join("api.token"))
+            .unwrap_or_else(|e| panic!("api.token of {}: {e}", self.name));
+        let mut s = std::net::TcpStream::connect(addr.trim())
+            .unwrap_or_else(|e| panic!("the API of {}: {e}", self.name));
+        let req = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        );
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut body = String::new();
+        s.read_to_string(&mut body)
+            .unwrap_or_else(|e| panic!("{e}"));
+        body
+    }
+
+    /// A sample of `/metrics` (a line starting with `series`, e.g.
+    /// `barn_rejected_total{kind="gossip",reason="undecodable",topic="jobs"}`), or 0.
+    pub fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The node process's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The node's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

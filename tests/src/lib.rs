@@ -3,6 +3,7 @@
 
 pub mod fake;
 pub mod farm;
+pub mod hostile;
 pub mod netns;
 
 use std::path::PathBuf;
