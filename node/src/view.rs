@@ -40,7 +40,8 @@ pub struct StatusView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
     /// `gossip` (rejected: its sender penalised), `gossip_ignored` (dropped, no penalty),
-    /// `request` (an RPC refused) or `peer` (a peer disconnected or turned away).
+    /// `request` (an RPC refused), `peer` (a peer disconnected or turned away) or `blob`
+    /// (a blob stream refused or dropped).
     pub kind: String,
     /// The gossip topic, for gossip.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -56,8 +56,8 @@ impl Hostile {
             .build()
             .unwrap_or_else(|e| panic!("tokio: {e}"));
         let addr: Multiaddr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
-        let target = barn_node::net::swarm::peer_of(&addr)
-            .unwrap_or_else(|| panic!("{addr} names no peer"));
+        let target =
+            barn_node::net::swarm::peer_of(&addr).unwrap_or_else(|| panic!("{addr} names no peer"));
         let key = SecretKey::generate();
         let cfg = NetConfig {
             listen: vec![],

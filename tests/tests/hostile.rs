@@ -28,7 +28,9 @@ fn verdict(farm: &Farm, id: &str) -> String {
 
 fn rejected(node: &Node, kind: &str, topic: Option<&str>, reason: &str) -> u64 {
     let series = match topic {
-        Some(t) => format!("barn_rejected_total{{kind=\"{kind}\",reason=\"{reason}\",topic=\"{t}\"}}"),
+        Some(t) => {
+            format!("barn_rejected_total{{kind=\"{kind}\",reason=\"{reason}\",topic=\"{t}\"}}")
+        }
         None => format!("barn_rejected_total{{kind=\"{kind}\",reason=\"{reason}\"}}"),
     };
     node.metric(&series)
@@ -118,9 +120,18 @@ fn an_honest_job_settles_while_hostile_peers_attack_and_each_attack_is_counted()
     let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
     let s = &farm.submitter;
     let counts = [
-        ("rewrapped", rejected(s, "gossip", Some("jobs"), "not_from_coordinator")),
-        ("garbage", rejected(s, "gossip", Some("jobs"), "undecodable")),
-        ("adverts", rejected(s, "gossip", Some("adverts"), "not_from_advertiser")),
+        (
+            "rewrapped",
+            rejected(s, "gossip", Some("jobs"), "not_from_coordinator"),
+        ),
+        (
+            "garbage",
+            rejected(s, "gossip", Some("jobs"), "undecodable"),
+        ),
+        (
+            "adverts",
+            rejected(s, "gossip", Some("adverts"), "not_from_advertiser"),
+        ),
         ("rate_limited", rejected(s, "peer", None, "rate_limited")),
         ("banned", rejected(s, "peer", None, "banned")),
     ];
@@ -151,7 +162,10 @@ fn an_honest_job_settles_while_hostile_peers_attack_and_each_attack_is_counted()
         3,
         "only the farm's nodes are known\n{report}"
     );
-    assert!(flood.rate_limited > 0 && count("rate_limited") > 0, "{report}");
+    assert!(
+        flood.rate_limited > 0 && count("rate_limited") > 0,
+        "{report}"
+    );
     assert!(
         flood.answered <= 60 + 30 * 20,
         "more requests answered than the rate allows\n{report}"

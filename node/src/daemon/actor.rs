@@ -80,6 +80,8 @@ pub struct Parts {
     pub paused: bool,
     /// The bootstrap addresses, dialled again while their peer is not connected.
     pub bootstrap: Vec<Multiaddr>,
+    /// What the blob server turned away.
+    pub blob_stats: std::sync::Arc<crate::net::blobs::ServeStats>,
 }
 
 /// Where the peer book lives in the data folder.

@@ -157,10 +157,12 @@ where
     };
     let swarm = build_swarm(&key, &net).context("failed to start networking")?;
     let control = swarm.behaviour().stream.new_control();
+    let blob_stats = std::sync::Arc::new(crate::net::blobs::ServeStats::default());
     let server = crate::net::blobs::serve(
         control.clone(),
         blobs.clone(),
-        crate::net::blobs::DEFAULT_MAX_TRANSFERS,
+        crate::net::blobs::ServeLimits::default(),
+        blob_stats.clone(),
     )?;
     tokio::spawn(server);
 
@@ -207,6 +209,7 @@ where
             control,
             paused,
             bootstrap: net.bootstrap.clone(),
+            blob_stats,
         },
         core,
     );

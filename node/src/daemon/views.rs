@@ -59,6 +59,9 @@ fn rejections(a: &Actor) -> Vec<crate::view::Rejection> {
     for (reason, n) in a.peer_rejections() {
         out.push(plain("peer", reason, *n));
     }
+    for (reason, n) in a.parts().blob_stats.rejections() {
+        out.push(plain("blob", reason, n));
+    }
     if c.forgotten_jobs > 0 {
         out.push(plain(
             "gossip_ignored",

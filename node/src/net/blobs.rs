@@ -9,9 +9,11 @@
 //!                      NotFound | Error(reason) → close
 //! ```
 //!
-//! [`serve`] accepts inbound streams and answers each from the [`BlobStore`], at most
-//! `max_transfers` at a time (a semaphore; further streams wait, and libp2p-stream drops
-//! inbound streams it cannot queue). [`fetch`] writes into a resumable
+//! [`serve`] accepts inbound streams and answers each from the [`BlobStore`] within
+//! [`ServeLimits`]: a stream must send its request within 5 s and holds nothing else
+//! until it has (at most 64 are read at once); a valid request then takes one of 8
+//! transfers, at most 2 per peer; a reader slower than 32 KiB/s after the first 10 s is
+//! dropped. Each refusal is counted in [`ServeStats`]. [`fetch`] writes into a resumable
 //! [`BlobWriter`] on a blocking thread fed by a bounded channel,
 //! continues a partial download from where it stopped, and renames the file into the store
 //! only when its blake3 hash is the one asked for.
@@ -19,10 +21,12 @@
 //! `Control::open_stream` towards a peer that is not connected can hang: the caller dials
 //! the peer first, and [`fetch`] bounds the open with [`OPEN_TIMEOUT`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use barn_protocol::ContentHash;
@@ -42,6 +46,8 @@ use crate::store::{BlobError, BlobStore, BlobWriter};
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/barn/blob/1");
 /// Concurrent transfers a node serves by default.
 pub const DEFAULT_MAX_TRANSFERS: usize = 8;
+/// Concurrent transfers one peer gets by default.
+pub const DEFAULT_PER_PEER: usize = 2;
 /// How long opening a stream may take.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long either side waits for the other to make progress (a request, a header, a
@@ -49,7 +55,7 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest response header.
-const MAX_HEADER: usize = 1024;
+pub(crate) const MAX_HEADER: usize = 1024;
 /// Bytes per read and per chunk handed to the writer thread.
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the network and the writer thread (bounds memory to 2 MiB).
@@ -58,7 +64,7 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 /// The server's answer, before the bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Header {
+pub(crate) enum Header {
     Ok { size: u64 },
     NotFound,
     Error(String),
@@ -110,88 +116,309 @@ pub enum ServeError {
     AlreadyServing(#[source] libp2p_stream::AlreadyRegistered),
 }
 
-/// Registers `/barn/blob/1` on `control` and returns the server loop to spawn. It answers
-/// up to `max_transfers` streams at once, and ends when the swarm is gone.
+/// What a blob server gives away, and to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Transfers served at once.
+    pub max_transfers: usize,
+    /// Transfers served at once to one peer.
+    pub per_peer: usize,
+    /// Streams whose request is still being read; more are dropped at once.
+    pub max_pending: usize,
+    /// How long a peer has to send its request after opening a stream, and how long a
+    /// valid request waits for a free transfer before it is told the node is busy.
+    pub request_timeout: Duration,
+    /// The slowest a reader may take bytes (bytes a second, averaged from the start of
+    /// the transfer) once `grace` has passed; a slower one is dropped.
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_transfers: DEFAULT_MAX_TRANSFERS,
+            per_peer: DEFAULT_PER_PEER,
+            max_pending: 64,
+            request_timeout: Duration::from_secs(5),
+            min_rate: 32 * 1024,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the blob server turned away since it started, by reason (each also logged).
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    pub served: AtomicU64,
+    /// A request that did not come within the timeout, or did not decode.
+    pub bad_request: AtomicU64,
+    /// A stream dropped because too many requests were being read.
+    pub pending_full: AtomicU64,
+    /// A peer over its share of transfers.
+    pub per_peer_limit: AtomicU64,
+    /// No transfer free within the request timeout.
+    pub busy: AtomicU64,
+    /// A reader slower than the minimum rate.
+    pub too_slow: AtomicU64,
+}
+
+impl ServeStats {
+    /// Each reason a request was turned away, with its count.
+    pub fn rejections(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("bad_request", &self.bad_request),
+            ("pending_full", &self.pending_full),
+            ("per_peer_limit", &self.per_peer_limit),
+            ("busy", &self.busy),
+            ("too_slow", &self.too_slow),
+        ]
+        .into_iter()
+        .map(|(why, n)| (why, n.load(Ordering::Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+/// Registers `/barn/blob/1` on `control` and returns the server loop to spawn. A stream
+/// takes a transfer only once its request has been read and checked, so idle streams hold
+/// nothing but a pending slot for `request_timeout`; each peer gets at most `per_peer`
+/// transfers; a reader slower than `min_rate` is dropped. The loop ends when the swarm is
+/// gone.
 pub fn serve(
     mut control: Control,
     store: BlobStore,
-    max_transfers: usize,
+    limits: ServeLimits,
+    stats: Arc<ServeStats>,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ServeError> {
     let mut incoming = control
         .accept(PROTOCOL)
         .map_err(ServeError::AlreadyServing)?;
-    let permits = Arc::new(Semaphore::new(max_transfers.max(1)));
+    let pending = Arc::new(Semaphore::new(limits.max_pending.max(1)));
+    let transfers = Arc::new(Semaphore::new(limits.max_transfers.max(1)));
+    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
     Ok(async move {
         while let Some((peer, stream)) = incoming.next().await {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
+            let Ok(reading) = pending.clone().try_acquire_owned() else {
+                stats.pending_full.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "blob stream dropped: too many requests being read");
+                continue;
             };
-            let store = store.clone();
+            let server = Server {
+                store: store.clone(),
+                limits,
+                transfers: transfers.clone(),
+                per_peer: per_peer.clone(),
+                stats: stats.clone(),
+            };
             let span = tracing::debug_span!("blob_serve", %peer);
-            tokio::spawn(
-                async move {
-                    let _permit = permit;
-                    if let Err(e) = serve_one(stream, &store).await {
-                        tracing::debug!("blob transfer ended early: {e}");
-                    }
-                }
-                .instrument(span),
-            );
+            tokio::spawn(server.stream(peer, stream, reading).instrument(span));
         }
         tracing::debug!("blob server stopped: no more inbound streams");
     })
 }
 
-/// Answers one request on `stream`.
+/// What one served stream shares with the others.
+struct Server {
+    store: BlobStore,
+    limits: ServeLimits,
+    transfers: Arc<Semaphore>,
+    per_peer: Arc<Mutex<HashMap<PeerId, usize>>>,
+    stats: Arc<ServeStats>,
+}
+
+/// A peer's share of transfers, given back when dropped.
+struct PeerSlot {
+    peer: PeerId,
+    per_peer: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Server {
+    async fn stream(
+        self,
+        peer: PeerId,
+        mut stream: libp2p::Stream,
+        reading: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let req = read_request(&mut stream, self.limits.request_timeout).await;
+        drop(reading);
+        let req = match req {
+            Ok(req) => req,
+            Err(reason) => {
+                self.stats.bad_request.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("blob request refused: {reason}");
+                let _ = send_header(&mut stream, &Header::Error(reason)).await;
+                return;
+            }
+        };
+        let slot = {
+            let mut m = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(peer).or_default();
+            if *n >= self.limits.per_peer {
+                None
+            } else {
+                *n += 1;
+                Some(PeerSlot {
+                    peer,
+                    per_peer: self.per_peer.clone(),
+                })
+            }
+        };
+        let Some(_slot) = slot else {
+            self.stats.per_peer_limit.fetch_add(1, Ordering::Relaxed);
+            let reason = format!(
+                "busy: this peer already has {} transfers from this node",
+                self.limits.per_peer
+            );
+            tracing::debug!("blob request refused: {reason}");
+            let _ = send_header(&mut stream, &Header::Error(reason)).await;
+            return;
+        };
+        let permit =
+            tokio::time::timeout(self.limits.request_timeout, self.transfers.acquire_owned()).await;
+        let Ok(Ok(_permit)) = permit else {
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            let reason = "busy: every transfer slot is taken".to_string();
+            let _ = send_header(&mut stream, &Header::Error(reason)).await;
+            return;
+        };
+        match answer(&mut stream, &self.store, &req, &self.limits).await {
+            Ok(()) => {
+                self.stats.served.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Ended::TooSlow { sent }) => {
+                self.stats.too_slow.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    sent,
+                    "blob reader dropped: slower than {} bytes/s",
+                    self.limits.min_rate
+                );
+            }
+            Err(Ended::Io(e)) => tracing::debug!("blob transfer ended early: {e}"),
+        }
+    }
+}
+
+/// Reads and decodes one request within `limit`; the error is the reason told the peer.
+async fn read_request(
+    stream: &mut (impl AsyncRead + Unpin),
+    limit: Duration,
+) -> Result<BlobRequest, String> {
+    match tokio::time::timeout(limit, read_frame(stream, BlobRequest::MAX_SIZE)).await {
+        Err(_) => Err(format!("no request within {limit:?}")),
+        Ok(Err(e)) => Err(format!("bad request: {e}")),
+        Ok(Ok(bytes)) => cbor::from_slice::<BlobRequest>(&bytes, BlobRequest::MAX_SIZE)
+            .map_err(|e| format!("bad request: {e}")),
+    }
+}
+
+/// How a transfer ended early.
+#[derive(Debug)]
+enum Ended {
+    Io(io::Error),
+    /// The reader took bytes slower than the minimum rate; `sent` bytes had gone.
+    TooSlow {
+        sent: u64,
+    },
+}
+
+impl From<io::Error> for Ended {
+    fn from(e: io::Error) -> Self {
+        Ended::Io(e)
+    }
+}
+
+/// Answers one request on `stream` (request read by the caller).
+#[cfg(test)]
 async fn serve_one(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     store: &BlobStore,
 ) -> io::Result<()> {
-    let req = match stalled(read_frame(&mut stream, BlobRequest::MAX_SIZE)).await? {
-        Ok(bytes) => cbor::from_slice::<BlobRequest>(&bytes, BlobRequest::MAX_SIZE)
-            .map_err(|e| format!("bad request: {e}")),
-        Err(e) => Err(format!("bad request: {e}")),
-    };
-    let req = match req {
+    let limits = ServeLimits::default();
+    let req = match read_request(&mut stream, limits.request_timeout).await {
         Ok(req) => req,
         Err(reason) => return send_header(&mut stream, &Header::Error(reason)).await,
     };
-    tracing::debug!(hash = %req.hash.short(), offset = req.offset, "serving blob");
+    match answer(&mut stream, store, &req, &limits).await {
+        Ok(()) => Ok(()),
+        Err(Ended::Io(e)) => Err(e),
+        Err(Ended::TooSlow { .. }) => Err(io::Error::new(io::ErrorKind::TimedOut, "too slow")),
+    }
+}
 
+/// Sends the header and the bytes asked for. Byte `n` must have been taken by the reader
+/// by `grace + n / min_rate` after the start, and every write within [`STALL_TIMEOUT`].
+async fn answer(
+    stream: &mut (impl AsyncWrite + Unpin),
+    store: &BlobStore,
+    req: &BlobRequest,
+    limits: &ServeLimits,
+) -> Result<(), Ended> {
+    tracing::debug!(hash = %req.hash.short(), offset = req.offset, "serving blob");
     let path = store.path(&req.hash);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return send_header(&mut stream, &Header::NotFound).await;
+            return Ok(send_header(stream, &Header::NotFound).await?);
         }
         Err(e) => {
             tracing::warn!(path = %path.display(), "failed to open blob: {e}");
-            return send_header(&mut stream, &Header::Error("cannot read the blob".into())).await;
+            let header = Header::Error("cannot read the blob".into());
+            return Ok(send_header(stream, &header).await?);
         }
     };
     let size = file.metadata().await?.len();
     if req.offset > size {
         let reason = format!("offset {} is past the end ({size} bytes)", req.offset);
-        return send_header(&mut stream, &Header::Error(reason)).await;
+        return Ok(send_header(stream, &Header::Error(reason)).await?);
     }
-    send_header(&mut stream, &Header::Ok { size }).await?;
+    send_header(stream, &Header::Ok { size }).await?;
     file.seek(io::SeekFrom::Start(req.offset)).await?;
 
+    let start = tokio::time::Instant::now();
+    let min_rate = limits.min_rate.max(1) as f64;
+    let mut sent = 0u64;
     let mut left = size - req.offset;
     let mut buf = vec![0u8; CHUNK];
     while left > 0 {
         let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
         let n = file.read(&mut buf[..want]).await?;
         if n == 0 {
-            return Err(io::Error::new(
+            return Err(Ended::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "blob shrank while being served",
-            ));
+            )));
         }
-        stalled(stream.write_all(&buf[..n])).await??;
+        let due =
+            start + limits.grace + Duration::from_secs_f64((sent + n as u64) as f64 / min_rate);
+        let by = due.min(tokio::time::Instant::now() + STALL_TIMEOUT);
+        match tokio::time::timeout_at(by, stream.write_all(&buf[..n])).await {
+            Ok(written) => written?,
+            Err(_) if by == due => return Err(Ended::TooSlow { sent }),
+            Err(_) => {
+                return Err(Ended::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer made no progress",
+                )));
+            }
+        }
+        sent += n as u64;
         left -= n as u64;
     }
-    stalled(stream.close()).await?
+    stalled(stream.close()).await??;
+    Ok(())
 }
 
 /// Sends a header; after anything but `Ok` the transfer is over, so the stream is closed.
@@ -377,7 +604,10 @@ fn write_chunks(
 }
 
 /// Writes one length-prefixed frame.
-async fn write_frame(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_frame(
+    stream: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> io::Result<()> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
     stream.write_all(&len.to_be_bytes()).await?;
@@ -386,7 +616,10 @@ async fn write_frame(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io
 }
 
 /// Reads one length-prefixed frame, refusing one longer than `limit` before reading it.
-async fn read_frame(stream: &mut (impl AsyncRead + Unpin), limit: usize) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_frame(
+    stream: &mut (impl AsyncRead + Unpin),
+    limit: usize,
+) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;

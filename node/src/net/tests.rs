@@ -304,13 +304,21 @@ struct BlobPair {
 }
 
 async fn blob_pair() -> BlobPair {
+    blob_pair_with(blobs::ServeLimits::default(), Default::default()).await
+}
+
+/// `a` serves blobs within `limits`, counting into `stats`; `b` fetches.
+async fn blob_pair_with(
+    limits: blobs::ServeLimits,
+    stats: std::sync::Arc<blobs::ServeStats>,
+) -> BlobPair {
     let (a, b) = pair().await;
     let dir = tempfile::tempdir().unwrap();
     let a_store = BlobStore::open(dir.path().join("a")).unwrap();
     let b_store = BlobStore::open(dir.path().join("b")).unwrap();
     let a_control = a.behaviour().stream.new_control();
     let b_control = b.behaviour().stream.new_control();
-    let server = blobs::serve(a_control, a_store.clone(), blobs::DEFAULT_MAX_TRANSFERS).unwrap();
+    let server = blobs::serve(a_control, a_store.clone(), limits, stats).unwrap();
     BlobPair {
         a_id: *a.local_peer_id(),
         _a: Driver::spawn(a),
@@ -497,4 +505,115 @@ async fn open_to_an_unconnected_peer_times_out() {
         "{err:?}"
     );
     assert!(leftovers(&store).is_empty());
+}
+
+/// Opens a blob stream from `b` to `a` and sends a request for `hash`; returns the stream
+/// and the header it got back.
+async fn request_blob(p: &mut BlobPair, hash: ContentHash) -> (libp2p::Stream, blobs::Header) {
+    use barn_protocol::message::BlobRequest;
+    let mut s = within(p.b_control.open_stream(p.a_id, blobs::PROTOCOL))
+        .await
+        .unwrap();
+    let req = barn_protocol::cbor::to_vec(&BlobRequest { hash, offset: 0 });
+    within(blobs::write_frame(&mut s, &req)).await.unwrap();
+    let header = within(blobs::read_frame(&mut s, blobs::MAX_HEADER))
+        .await
+        .unwrap();
+    let header = barn_protocol::cbor::from_slice(&header, blobs::MAX_HEADER).unwrap();
+    (s, header)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_blob_streams_do_not_stop_blob_serving() {
+    // As many idle streams as there are transfers, each waiting longer than the test.
+    let limits = blobs::ServeLimits {
+        request_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let mut p = blob_pair_with(limits, Default::default()).await;
+    let mut idle = Vec::new();
+    for _ in 0..limits.max_transfers + 2 {
+        idle.push(
+            within(p.b_control.open_stream(p.a_id, blobs::PROTOCOL))
+                .await
+                .unwrap(),
+        );
+    }
+    let data = sample(1 << 20);
+    let hash = p.a_store.import_bytes(&data).unwrap();
+    let fetched = tokio::time::timeout(
+        Duration::from_secs(10),
+        blobs::fetch(&mut p.b_control, p.a_id, hash, &p.b_store, LIMIT),
+    )
+    .await
+    .expect("idle streams held up the fetch");
+    assert!(fetched.is_ok(), "{fetched:?}");
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_at_most_its_share_of_transfers() {
+    let stats = std::sync::Arc::new(blobs::ServeStats::default());
+    let mut p = blob_pair_with(blobs::ServeLimits::default(), stats.clone()).await;
+    // Large enough that the transfers are still going when the third request comes.
+    let hash = p.a_store.import_bytes(&sample(64 << 20)).unwrap();
+    let mut streams = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..3 {
+        let (s, header) = request_blob(&mut p, hash).await;
+        match header {
+            blobs::Header::Ok { .. } => streams.push(s),
+            blobs::Header::Error(why) => refused.push(why),
+            other => panic!("unexpected header {other:?}"),
+        }
+    }
+    assert_eq!(
+        streams.len(),
+        blobs::DEFAULT_PER_PEER,
+        "refused: {refused:?}"
+    );
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].contains("already has 2"), "{}", refused[0]);
+    assert_eq!(
+        stats
+            .per_peer_limit
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_dropped_and_its_transfer_freed() {
+    let limits = blobs::ServeLimits {
+        max_transfers: 1,
+        min_rate: 1 << 20,
+        grace: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let stats = std::sync::Arc::new(blobs::ServeStats::default());
+    let mut p = blob_pair_with(limits, stats.clone()).await;
+    let big = p.a_store.import_bytes(&sample(64 << 20)).unwrap();
+    // Takes the only transfer and reads nothing after the header.
+    let (stalled, header) = request_blob(&mut p, big).await;
+    assert!(matches!(header, blobs::Header::Ok { .. }));
+    let small = p.a_store.import_bytes(&sample(1000)).unwrap();
+    let started = std::time::Instant::now();
+    let fetched = within(blobs::fetch(
+        &mut p.b_control,
+        p.a_id,
+        small,
+        &p.b_store,
+        LIMIT,
+    ))
+    .await;
+    assert!(fetched.is_ok(), "{fetched:?}");
+    // Far sooner than the 30 s stall timeout: the reader fell behind 1 MiB/s.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the slow reader held the transfer for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stats.too_slow.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(stalled);
 }

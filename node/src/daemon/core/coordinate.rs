@@ -518,6 +518,8 @@ impl Core {
             },
             out,
         );
+        self.by_envelope
+            .insert(barn_protocol::ContentHash::of(&envelope), id);
         self.jobs.insert(
             id,
             Known {
