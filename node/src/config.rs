@@ -68,6 +68,17 @@ pub struct Config {
     /// `node.max_load`: no new claims while the 1-minute load average is above it; `None`:
     /// no limit.
     pub max_load: Option<f64>,
+    /// `node.max_store`: the most bytes the blob store (sources, images, artifacts) keeps;
+    /// blobs no open job needs are collected, least recently used first, to stay under it.
+    pub max_store_bytes: u64,
+    /// `node.retention`: how long a finished job (settled, failed, expired) stays in the
+    /// database after its deadline.
+    pub retention: Duration,
+    /// `node.external_addrs`: public addresses this node is known to be reachable at
+    /// (a port forward, a cloud 1:1 NAT); advertised to peers as confirmed.
+    pub external_addrs: Vec<String>,
+    /// `node.relay`: serve as a relay (circuit relay v2) for peers behind NAT.
+    pub relay: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -94,6 +105,10 @@ struct RawNode {
     // The owner's limits.
     schedule: Option<Spanned<Vec<Spanned<String>>>>,
     max_load: Option<Spanned<f64>>,
+    max_store: Option<String>,
+    retention: Option<String>,
+    external_addrs: Option<Vec<String>>,
+    relay: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -125,6 +140,10 @@ const KNOWN: &[&str] = &[
     "node.announce_interval",
     "node.schedule",
     "node.max_load",
+    "node.max_store",
+    "node.retention",
+    "node.external_addrs",
+    "node.relay",
     "trust.submitters",
     "trust.accept_any",
     "trust.builders",
@@ -202,6 +221,30 @@ impl Config {
             })?,
         };
         let max_timeout = dur(node.max_timeout, "node.max_timeout", 2 * 3600)?;
+        let max_store_bytes = match node.max_store {
+            None => 20 << 30,
+            Some(s) => parse_size(&s).filter(|&n| n >= 64 << 20).with_context(|| {
+                format!(
+                    "{name}: node.max_store = {s:?} is not a size of at least 64MiB (write e.g. 20GiB)"
+                )
+            })?,
+        };
+        let retention = dur(node.retention, "node.retention", 30 * 86400)?;
+        let mut external_addrs = Vec::new();
+        for a in node.external_addrs.unwrap_or_default() {
+            let parsed: libp2p::Multiaddr = a.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{name}: node.external_addrs: {a:?} is not a multiaddr (write e.g. /ip4/203.0.113.7/tcp/7400)"
+                )
+            })?;
+            if parsed
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+            {
+                bail!("{name}: node.external_addrs: {a:?}: leave out the /p2p/ part, it is added");
+            }
+            external_addrs.push(a);
+        }
         let mut trusted = Vec::new();
         for s in trust.submitters.unwrap_or_default() {
             trusted.push(s.parse::<SubmitterId>().with_context(|| {
@@ -253,6 +296,10 @@ impl Config {
                 api_listen,
                 schedule,
                 max_load,
+                max_store_bytes,
+                retention,
+                external_addrs,
+                relay: node.relay.unwrap_or(false),
             },
             warnings,
         ))
@@ -336,6 +383,31 @@ mod tests {
         assert!(format!("{e:#}").contains("loopback"));
         let e = Config::parse("[node]\nadvert_interval = \"soon\"\n", "c.toml").unwrap_err();
         assert!(format!("{e:#}").contains("node.advert_interval"));
+        let e = Config::parse("[node]\nmax_store = \"1MiB\"\n", "c.toml").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("node.max_store = \"1MiB\""),
+            "{e:#}"
+        );
+        let e = Config::parse("[node]\nretention = \"0s\"\n", "c.toml").unwrap_err();
+        assert!(format!("{e:#}").contains("node.retention"), "{e:#}");
+        let e = Config::parse("[node]\nexternal_addrs = [\"1.2.3.4\"]\n", "c.toml").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("\"1.2.3.4\" is not a multiaddr"),
+            "{e:#}"
+        );
+        let (c, _) = Config::parse(
+            "[node]\nmax_store = \"1GiB\"\nretention = \"7d\"\nrelay = true\n\
+             external_addrs = [\"/ip4/198.18.0.9/tcp/7400\"]\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(c.max_store_bytes, 1 << 30);
+        assert_eq!(c.retention, Duration::from_secs(7 * 86400));
+        assert!(c.relay);
+        assert_eq!(
+            c.external_addrs,
+            vec!["/ip4/198.18.0.9/tcp/7400".to_string()]
+        );
     }
 
     #[test]

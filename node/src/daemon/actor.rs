@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 use super::core::{Acceptance, Core, Effect, Input, MsgRef, ReplyId, ReqId, Topic};
 use super::handle::Command;
 use super::owner::{self, PauseFile};
+use super::sweep;
 use super::work::{self, Internal, WorkOutcome};
 use super::{Options, now};
 use crate::config::Config;
@@ -141,6 +142,8 @@ pub struct Actor {
     pause_file: PauseFile,
     /// The load average could not be read once already (said once, not every second).
     load_unreadable: bool,
+    /// The file sweep in progress (`sweep::sweep_files`), so two never overlap.
+    sweeping: Option<tokio::task::JoinHandle<super::sweep::Swept>>,
 }
 
 impl std::fmt::Debug for Actor {
@@ -191,6 +194,7 @@ impl Actor {
             paused: p.paused,
             pause_file,
             load_unreadable: false,
+            sweeping: None,
             core,
             me,
             p,
@@ -224,6 +228,11 @@ impl Actor {
         self.update_availability().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut sweep = tokio::time::interval_at(
+            tokio::time::Instant::now() + sweep::FIRST_SWEEP,
+            sweep::SWEEP_EVERY,
+        );
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -267,6 +276,7 @@ impl Actor {
                     self.update_availability().await;
                     self.feed(Input::Tick).await;
                 }
+                _ = sweep.tick() => self.sweep().await,
                 event = self.p.swarm.select_next_some() => self.on_swarm(event).await,
             }
         }
@@ -285,6 +295,40 @@ impl Actor {
         }
         self.p.store.close().await;
         Ok(())
+    }
+
+    /// Bounded storage: forgets finished jobs past `node.retention`, then (off the loop)
+    /// removes their work folders, stale temporary files and blobs over `node.max_store`.
+    async fn sweep(&mut self) {
+        if self.sweeping.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let old = sweep::past_retention(&self.p.db, now(), self.p.cfg.retention);
+        if !old.is_empty() {
+            info!(
+                jobs = old.len(),
+                "sweep: forgetting finished jobs past their retention"
+            );
+            self.feed(Input::Forget(old)).await;
+            self.p.store.flush().await;
+        }
+        let running = self
+            .core
+            .running()
+            .keys()
+            .map(|id| (*id, self.core.known(id).map(|k| k.job.clone())));
+        let Some(plan) = sweep::plan(
+            &self.p.db,
+            self.p.dirs.data.clone(),
+            self.p.blobs.clone(),
+            self.p.cfg.max_store_bytes,
+            running,
+        ) else {
+            return;
+        };
+        self.sweeping = Some(tokio::task::spawn_blocking(move || {
+            sweep::sweep_files(plan)
+        }));
     }
 
     /// Hands one input to the core and carries out what it decides.

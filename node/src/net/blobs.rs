@@ -380,6 +380,8 @@ async fn answer(
         }
     };
     let size = file.metadata().await?.len();
+    // Served is used: least-recently-used collection keeps what peers still fetch.
+    let _ = file.set_modified(std::time::SystemTime::now()).await;
     if req.offset > size {
         let reason = format!("offset {} is past the end ({size} bytes)", req.offset);
         return Ok(send_header(stream, &Header::Error(reason)).await?);

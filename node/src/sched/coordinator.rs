@@ -555,6 +555,14 @@ impl Coordinator {
         false
     }
 
+    /// Drops a job past its retention; one being judged stays. Returns whether it went.
+    pub fn forget(&mut self, id: &JobId) -> bool {
+        match self.jobs.get(id) {
+            Some(j) if j.judging => false,
+            _ => self.jobs.remove(id).is_some(),
+        }
+    }
+
     /// Jobs that may be ready to judge.
     pub fn unsettled(&self) -> Vec<JobId> {
         self.jobs

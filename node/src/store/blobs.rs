@@ -48,6 +48,25 @@ impl BlobError {
     }
 }
 
+/// One blob in the store, as [`BlobStore::list`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub hash: ContentHash,
+    pub size: u64,
+    /// Last written, served or used by a job.
+    pub used: std::time::SystemTime,
+}
+
+/// What a [`BlobStore::collect`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs removed and their bytes.
+    pub removed: u64,
+    pub freed: u64,
+    /// Bytes left in the store.
+    pub total: u64,
+}
+
 /// A directory of blobs. Cheap to clone; clones share the set of downloads in progress.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
@@ -141,6 +160,78 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(BlobError::io("remove blob", &path)(e)),
         }
+    }
+
+    /// Marks the blob as used now (its modification time), for least-recently-used
+    /// collection. A missing blob is fine: there is nothing to keep.
+    pub fn touch(&self, hash: &ContentHash) {
+        let path = self.path(hash);
+        if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Every finished blob: its hash, size and last use, least recently used first.
+    /// Files that are not blobs (no 64-hex name in a fan-out folder) are skipped.
+    pub fn list(&self) -> Result<Vec<BlobEntry>, BlobError> {
+        let dir = &self.inner.dir;
+        let mut entries = Vec::new();
+        for fan in fs::read_dir(dir).map_err(BlobError::io("list blobs in", dir))? {
+            let fan = fan.map_err(BlobError::io("list blobs in", dir))?;
+            let name = fan.file_name();
+            if name.len() != 2 || !fan.path().is_dir() {
+                continue;
+            }
+            let fan_dir = fan.path();
+            for f in fs::read_dir(&fan_dir).map_err(BlobError::io("list blobs in", &fan_dir))? {
+                let f = f.map_err(BlobError::io("list blobs in", &fan_dir))?;
+                let Some(hash) = f.file_name().to_str().and_then(|n| {
+                    format!("{}{n}", ContentHash::PREFIX)
+                        .parse::<ContentHash>()
+                        .ok()
+                }) else {
+                    continue;
+                };
+                let Ok(meta) = f.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                entries.push(BlobEntry {
+                    hash,
+                    size: meta.len(),
+                    used: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                });
+            }
+        }
+        entries.sort_by(|a, b| a.used.cmp(&b.used).then(a.hash.cmp(&b.hash)));
+        Ok(entries)
+    }
+
+    /// Removes blobs, least recently used first, until the store holds at most `cap`
+    /// bytes; a blob for which `keep` answers true (one an open job needs) stays, even
+    /// over the cap.
+    pub fn collect(
+        &self,
+        cap: u64,
+        keep: impl Fn(&BlobEntry) -> bool,
+    ) -> Result<Collected, BlobError> {
+        let entries = self.list()?;
+        let mut total: u64 = entries.iter().map(|e| e.size).sum();
+        let mut done = Collected::default();
+        for e in entries {
+            if total <= cap {
+                break;
+            }
+            if keep(&e) {
+                continue;
+            }
+            self.remove(&e.hash)?;
+            total -= e.size;
+            done.removed += 1;
+            done.freed += e.size;
+        }
+        done.total = total;
+        Ok(done)
     }
 
     fn claim(&self, hash: ContentHash) -> Result<(), BlobError> {
@@ -507,5 +598,46 @@ mod tests {
         ));
         assert!(!store.partial_path(&hash).exists());
         assert!(!store.has(&hash));
+    }
+
+    #[test]
+    fn collection_removes_least_recently_used_blobs_not_kept_until_under_the_cap() {
+        let (_dir, store) = store();
+        // Five 1000-byte blobs used at t = 1000, 2000, ... seconds: b[0] the oldest.
+        let b: Vec<ContentHash> = (0..5u8)
+            .map(|i| {
+                let h = store.import_bytes(&[i; 1000]).unwrap();
+                let at = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(1000 * (u64::from(i) + 1));
+                File::options()
+                    .write(true)
+                    .open(store.path(&h))
+                    .unwrap()
+                    .set_modified(at)
+                    .unwrap();
+                h
+            })
+            .collect();
+        fs::write(store.dir().join("ab").join("not-a-blob"), b"x").ok();
+        // b[0] is used again now, so it is the most recent; b[1] is needed by an open job.
+        store.touch(&b[0]);
+        let listed: Vec<ContentHash> = store.list().unwrap().iter().map(|e| e.hash).collect();
+        assert_eq!(listed, vec![b[1], b[2], b[3], b[4], b[0]]);
+        let done = store.collect(2500, |e| e.hash == b[1]).unwrap();
+        assert_eq!(
+            done,
+            Collected {
+                removed: 3,
+                freed: 3000,
+                total: 2000
+            }
+        );
+        assert!(store.has(&b[1]), "kept: an open job needs it");
+        assert!(store.has(&b[0]), "kept: used most recently");
+        for gone in &b[2..5] {
+            assert!(!store.has(gone));
+        }
+        // Under the cap, nothing more goes.
+        assert_eq!(store.collect(2500, |_| false).unwrap().removed, 0);
     }
 }

@@ -576,6 +576,47 @@ impl Db {
         Ok(())
     }
 
+    /// Jobs finished (any state but open) whose expiry is before `before`, oldest first:
+    /// what the retention sweep removes.
+    pub fn jobs_past_retention(&self, before: u64) -> Result<Vec<JobId>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id FROM jobs WHERE state != ?1 AND expires < ?2 ORDER BY expires, id",
+        )?;
+        let rows = stmt.query_map(
+            params![JobState::Open.as_str(), to_sql_time(before)?],
+            |r| r.get::<_, Vec<u8>>(0),
+        )?;
+        rows.map(|r| Ok(JobId(hash_col("jobs.id", &r?)?))).collect()
+    }
+
+    /// Removes a finished job with everything stored with it (results, leases, votes, an
+    /// undelivered result); an open job is left alone. Returns whether the job went.
+    pub fn remove_job(&mut self, id: &JobId) -> Result<bool, DbError> {
+        let tx = self.conn.transaction()?;
+        let open: bool = tx
+            .query_row(
+                "SELECT state = ?2 FROM jobs WHERE id = ?1",
+                params![id.0.as_bytes(), JobState::Open.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if open {
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM results WHERE job_id = ?1",
+            "DELETE FROM leases WHERE job_id = ?1",
+            "DELETE FROM votes WHERE job_id = ?1",
+            "DELETE FROM outbox WHERE job_id = ?1",
+        ] {
+            tx.execute(sql, params![id.0.as_bytes()])?;
+        }
+        let n = tx.execute("DELETE FROM jobs WHERE id = ?1", params![id.0.as_bytes()])?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
     /// Counts one comparison of a node's result with the majority.
     pub fn record_agreement(&self, node: &NodeId, agreed: bool, now: u64) -> Result<(), DbError> {
         let (a, d) = if agreed { (1, 0) } else { (0, 1) };
@@ -896,6 +937,48 @@ mod tests {
         };
         assert!(db.insert_result(&r2).unwrap());
         assert_eq!(db.list_results(&j.id).unwrap(), vec![r, r2]);
+    }
+
+    #[test]
+    fn retention_removes_old_finished_jobs_never_open_ones() {
+        let mut db = Db::open_in_memory().unwrap();
+        // Job 1: finished long ago, with a lease and a result. Job 2: open and long past
+        // its expiry (its coordinator is away): kept. Job 3: finished recently: kept.
+        let (mut old, open, mut recent) = (job(1, 100), job(2, 100), job(3, 10_000));
+        old.state = JobState::Complete;
+        recent.state = JobState::Expired;
+        for j in [&old, &open, &recent] {
+            db.insert_job(j).unwrap();
+        }
+        db.insert_lease(&LeaseRecord {
+            id: LeaseId::random(),
+            job: old.id,
+            node: node(1),
+            state: LeaseState::Completed,
+            expires: 200,
+            granted_at: 100,
+        })
+        .unwrap();
+        db.insert_result(&ResultRecord {
+            job: old.id,
+            node: node(1),
+            envelope: vec![1],
+            received_at: 300,
+        })
+        .unwrap();
+        // Retention ends at 5000: only job 1 expired (at 3700) before it and is finished.
+        assert_eq!(db.jobs_past_retention(5000).unwrap(), vec![old.id]);
+        assert!(db.remove_job(&old.id).unwrap());
+        assert_eq!(db.get_job(&old.id).unwrap(), None);
+        assert!(db.list_leases(&old.id).unwrap().is_empty());
+        assert!(db.list_results(&old.id).unwrap().is_empty());
+        assert!(!db.remove_job(&open.id).unwrap(), "an open job stays");
+        assert!(db.get_job(&open.id).unwrap().is_some());
+        assert!(db.jobs_past_retention(5000).unwrap().is_empty());
+        assert_eq!(
+            db.jobs_past_retention(u64::from(u32::MAX)).unwrap(),
+            vec![recent.id]
+        );
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub enum StoreOp {
     DeleteOutgoing(JobId),
     /// Forget a job heard from an untrusted submitter, to keep their number bounded.
     ForgetJob(JobId),
+    /// Remove a finished job past its retention, with everything stored with it.
+    RemoveJob(JobId),
 }
 
 /// Nodes known only by their adverts that the database keeps (the most recently seen).
@@ -93,6 +95,7 @@ impl StoreOp {
             StoreOp::PutOutgoing(o) => format!("keep the result of job {}", o.job.short()),
             StoreOp::DeleteOutgoing(j) => format!("forget the result of job {}", j.short()),
             StoreOp::ForgetJob(j) => format!("forget job {}", j.short()),
+            StoreOp::RemoveJob(j) => format!("remove job {} past its retention", j.short()),
         }
     }
 }
@@ -129,6 +132,7 @@ pub fn apply(db: &mut Db, op: &StoreOp) -> Result<(), DbError> {
         StoreOp::PutOutgoing(o) => db.put_outgoing(o),
         StoreOp::DeleteOutgoing(j) => db.delete_outgoing(j),
         StoreOp::ForgetJob(j) => db.forget_job(j),
+        StoreOp::RemoveJob(j) => db.remove_job(j).map(drop),
     }
 }
 

@@ -157,6 +157,9 @@ pub enum Input {
     Availability(Vec<Unavailable>),
     /// `barn pause --stop`: cancel every running job.
     StopRunning,
+    /// Finished jobs past the node's retention (`node.retention`): forget them, except
+    /// one still running here, being judged or with a result not yet delivered.
+    Forget(Vec<JobId>),
 }
 
 /// Something the actor must do.
@@ -454,6 +457,7 @@ impl Core {
                     self.last_advert = now;
                 }
             }
+            Input::Forget(ids) => self.forget(ids, &mut out),
             Input::StopRunning => {
                 for (job, r) in &mut self.running {
                     if !r.stopped {
@@ -473,6 +477,24 @@ impl Core {
             }
         }
         out
+    }
+
+    fn forget(&mut self, ids: Vec<JobId>, out: &mut Vec<Effect>) {
+        for id in ids {
+            if self.running.contains_key(&id) || self.outbox.iter().any(|o| o.job == id) {
+                continue;
+            }
+            if self.coordinator.job(&id).is_some() && !self.coordinator.forget(&id) {
+                continue;
+            }
+            if let Some(k) = self.jobs.remove(&id) {
+                self.by_envelope.remove(&ContentHash::of(&k.envelope));
+            }
+            self.untrusted.remove(&id);
+            self.settled.remove(&id);
+            self.taken.remove(&id);
+            out.push(Effect::Persist(StoreOp::RemoveJob(id)));
+        }
     }
 
     /// What the core turned away since it started.

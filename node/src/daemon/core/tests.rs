@@ -904,3 +904,40 @@ fn jobs_and_adverts_from_thousands_of_fresh_keys_stay_bounded() {
     let nodes = sim.nodes[observer].db.list_nodes().unwrap().len();
     assert_eq!(nodes, max, "nodes known by their adverts in the database");
 }
+
+#[test]
+fn jobs_past_retention_are_forgotten_but_not_while_running_here() {
+    use crate::store::db::JobState;
+    let mut sim = farm(2);
+    let done = sim.submit(C, 1, |_| {});
+    assert!(sim.run_until(120, |s| settled(s, &done)));
+    sim.nodes[1].runner.secs = 600;
+    sim.nodes[2].runner.secs = 600;
+    let busy = sim.submit(C, 1, |_| {});
+    assert!(sim.run_until(60, |s| {
+        (1..=2).any(|i| s.nodes[i].core().running().contains_key(&busy))
+    }));
+    let runner = (1..=2)
+        .find(|&i| sim.nodes[i].core().running().contains_key(&busy))
+        .expect("a volunteer runs the second job");
+    let finished = |sim: &Sim, i: usize, id: &JobId| {
+        sim.nodes[i].db.get_job(id).unwrap().map(|r| r.state)
+    };
+    assert_eq!(finished(&sim, C, &done), Some(JobState::Complete));
+    // The sweep hands both to each node (the database only lists finished jobs; here the
+    // running one is named too, to show the core keeps it).
+    for i in [C, runner] {
+        sim.input(i, super::Input::Forget(vec![done, busy]));
+    }
+    sim.run_for(1);
+    assert!(sim.nodes[C].core().known(&done).is_none());
+    assert!(sim.nodes[C].core().coordinator().job(&done).is_none());
+    assert_eq!(finished(&sim, C, &done), None, "removed from the database");
+    assert!(
+        sim.nodes[runner].core().known(&busy).is_some(),
+        "a job running here stays"
+    );
+    assert!(sim.nodes[runner].db.get_job(&busy).unwrap().is_some());
+    // The open job stays in its coordinator's database whatever the core decided.
+    assert_eq!(finished(&sim, C, &busy), Some(JobState::Open));
+}
