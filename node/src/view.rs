@@ -34,6 +34,16 @@ pub struct StatusView {
     /// log). Absent from older nodes: empty.
     #[serde(default)]
     pub rejected: Vec<Rejection>,
+    /// How peers reach this node: `public` (an address confirmed by AutoNAT or the
+    /// owner's `node.external_addrs`), `relayed` (through a relay slot, behind NAT) or
+    /// `unknown` (not yet learnt). Absent from older nodes: empty.
+    #[serde(default)]
+    pub reachability: String,
+    /// Hole punches (DCUtR) that made a direct connection, and those that failed.
+    #[serde(default)]
+    pub holes_punched: u64,
+    #[serde(default)]
+    pub holes_failed: u64,
 }
 
 /// A count of messages, requests or connections turned away for one reason.

@@ -105,6 +105,19 @@ impl Node {
         }
     }
 
+    /// `barn status --json` on this node.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.barn(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "barn status on {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("barn status --json on {} printed no JSON: {e}", self.name))
+    }
+
     /// `barn job ID --json` on this node: `None` while the node does not know the job.
     pub fn job(&self, id: &str) -> Option<serde_json::Value> {
         let out = self.barn(&["job", id, "--json"]);
@@ -230,6 +243,9 @@ impl Drop for Node {
 /// The farm.
 #[derive(Debug)]
 pub struct Farm {
+    /// The relay the nodes meet through ([`Farm::start_behind_nat`]); `None`: they meet
+    /// through the submitter.
+    pub relay: Option<Node>,
     pub submitter: Node,
     pub volunteers: Vec<Node>,
     pub project_key: String,
@@ -263,7 +279,12 @@ fn spawn_on(root: &Path, name: &str, extra: &[String], listen: &str, host: Optio
         .arg(&data)
         .args(["node", "--listen", listen, "--api", "127.0.0.1:0"])
         .args(extra)
-        .env("RUST_LOG", "barn_node=info")
+        // BARN_TEST_LOG=<filter> logs more (e.g. libp2p_dcutr=debug), to read with
+        // BARN_KEEP_FARM.
+        .env(
+            "RUST_LOG",
+            std::env::var("BARN_TEST_LOG").unwrap_or_else(|_| "barn_node=info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(
@@ -324,6 +345,30 @@ impl Farm {
         volunteers: Vec<Option<Host>>,
         faulty: &[usize],
     ) -> Self {
+        Self::start_with(image, None, submitter, volunteers, faulty)
+    }
+
+    /// A farm whose nodes sit behind NATs and meet through a relay: a barn node on the
+    /// public host `relay` (`--relay`, its address given with `--external-addr`), the one
+    /// peer every other node is told of. The submitter on `submitter`, one volunteer on
+    /// each of `volunteers`.
+    pub fn start_behind_nat(
+        image: &str,
+        relay: Host,
+        submitter: Host,
+        volunteers: Vec<Host>,
+    ) -> Self {
+        let volunteers = volunteers.into_iter().map(Some).collect();
+        Self::start_with(image, Some(relay), Some(submitter), volunteers, &[])
+    }
+
+    fn start_with(
+        image: &str,
+        relay: Option<Host>,
+        submitter: Option<Host>,
+        volunteers: Vec<Option<Host>>,
+        faulty: &[usize],
+    ) -> Self {
         crate::ensure_image(image);
         // BARN_KEEP_FARM=1 keeps the nodes' directories and logs after the test, to read.
         let keep = std::env::var_os("BARN_KEEP_FARM").is_some();
@@ -336,7 +381,23 @@ impl Farm {
             println!("farm kept in {}", root.path().display());
         }
         let accel = ["--accel".to_string(), "tcg".to_string()];
-        let submitter = spawn_at(root.path(), "submitter", &accel, submitter);
+        let relay = relay.map(|host| {
+            // A fixed port: the address is given as the relay's confirmed external one.
+            let addr = format!("/ip4/{}/tcp/7400", host.ip);
+            let extra = [
+                "--relay".to_string(),
+                "--external-addr".into(),
+                addr.clone(),
+            ];
+            let node = spawn_on(root.path(), "relay", &extra, &addr, Some(host));
+            let boot = format!("{addr}/p2p/{}", node.peer_id());
+            (node, boot)
+        });
+        let mut first = accel.to_vec();
+        if let Some((_, boot)) = &relay {
+            first.extend(["--bootstrap".to_string(), boot.clone()]);
+        }
+        let submitter = spawn_at(root.path(), "submitter", &first, submitter);
         give_image(image, &submitter.data);
         let made = submitter.barn(&["key", "new"]);
         assert!(
@@ -345,8 +406,11 @@ impl Farm {
             String::from_utf8_lossy(&made.stderr)
         );
         let project_key = String::from_utf8_lossy(&made.stdout).trim().to_string();
-        let boot = submitter.multiaddr();
-        let count = volunteers.len();
+        let boot = match &relay {
+            Some((_, boot)) => boot.clone(),
+            None => submitter.multiaddr(),
+        };
+        let count = volunteers.len() + usize::from(relay.is_some());
         let mut vs = Vec::new();
         for (i, host) in (1..).zip(volunteers) {
             let mut extra = vec![
@@ -367,6 +431,7 @@ impl Farm {
             ));
         }
         let farm = Farm {
+            relay: relay.map(|(node, _)| node),
             submitter,
             volunteers: vs,
             project_key,

@@ -62,7 +62,7 @@ impl Hostile {
         let cfg = NetConfig {
             listen: vec![],
             bootstrap: vec![addr],
-            mdns: false,
+            ..NetConfig::default()
         };
         let swarm = rt
             .block_on(async { build_swarm(&key, &cfg) })

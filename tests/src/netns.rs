@@ -39,7 +39,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nat {
     /// A home router: masquerade, keeping source ports where it can (endpoint-independent
-    /// mapping in practice); no connection can be opened from outside.
+    /// mapping in practice); no connection can be opened from outside, and like a home
+    /// router's firewall it drops what arrives unasked (answering only pings) instead of
+    /// refusing it: a refusal would end a hole punch whose packets cross.
     Masquerade,
     /// Masquerade with random source ports (`masquerade random`): each connection gets a
     /// new public port, as a symmetric NAT does.
@@ -311,6 +313,12 @@ impl Net {
                      iifname \"br0\" oifname \"eth0\" accept;\n\
                      iifname \"br0\" oifname \"br0\" accept;\n\
                      ct state established,related accept;\n\
+                   }}\n\
+                   chain wan {{\n\
+                     type filter hook input priority filter; policy accept;\n\
+                     iifname \"eth0\" ct state established,related accept;\n\
+                     iifname \"eth0\" icmp type echo-request accept;\n\
+                     iifname \"eth0\" drop;\n\
                    }}\n\
                  }}\n"
             ),

@@ -469,6 +469,20 @@ fn render_metrics(status: &StatusView, nodes: &[NodeView], jobs: &[JobView]) -> 
         }
         m.sample("barn_rejected_total", &labels, r.count);
     }
+    m.counter_family(
+        "barn_hole_punches_total",
+        "Hole punches (DCUtR) through NATs since the node started, by result: ok made a direct connection, failed left the peers on a relay.",
+    );
+    m.sample(
+        "barn_hole_punches_total",
+        &[("result", "ok")],
+        status.holes_punched,
+    );
+    m.sample(
+        "barn_hole_punches_total",
+        &[("result", "failed")],
+        status.holes_failed,
+    );
     m.out
 }
 
@@ -570,6 +584,9 @@ mod tests {
                             reason: "not_from_coordinator".into(),
                             count: 7,
                         }],
+                        reachability: "public".into(),
+                        holes_punched: 1,
+                        holes_failed: 0,
                     });
                 }
                 Command::Nodes(r) => {

@@ -15,6 +15,7 @@ mod nodes;
 mod pack;
 mod pause;
 mod run;
+mod status;
 mod submit;
 mod verify;
 mod view;
@@ -78,6 +79,9 @@ enum Command {
     Jobs(jobs::JobsArgs),
     /// List the nodes the running node knows.
     Nodes(nodes::NodesArgs),
+    /// Show the running node: its addresses, how peers reach it (directly or through a
+    /// relay), its peers and slots.
+    Status(status::StatusArgs),
     /// Print one replica's build log.
     Log(fetch::LogArgs),
     /// Fetch one replica's artifacts into a folder, verified against its signed manifest.
@@ -120,6 +124,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Job(a) => jobs::run_job(a, &dirs),
         Command::Jobs(a) => jobs::run(a, &dirs),
         Command::Nodes(a) => nodes::run(a, &dirs),
+        Command::Status(a) => status::run(a, &dirs),
         Command::Log(a) => fetch::run_log(a, &dirs),
         Command::Fetch(a) => fetch::run_fetch(a, &dirs),
         Command::Diff(a) => diff::run(a, &dirs),

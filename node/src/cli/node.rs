@@ -18,6 +18,13 @@ pub struct NodeArgs {
     /// Connect to this peer at start (repeatable; added to node.bootstrap).
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
+    /// A public address this node is reached at, without /p2p/ (repeatable; added to
+    /// node.external_addrs).
+    #[arg(long, value_name = "MULTIADDR")]
+    external_addr: Vec<String>,
+    /// Serve as a relay for peers behind NAT (sets node.relay).
+    #[arg(long)]
+    relay: bool,
     /// Run jobs signed by this project key (repeatable; added to trust.submitters).
     #[arg(long, value_name = "KEY")]
     trust: Vec<String>,
@@ -52,6 +59,19 @@ pub fn run(args: NodeArgs, dirs: &Dirs) -> Result<ExitCode> {
         cfg.listen = args.listen;
     }
     cfg.bootstrap.extend(args.bootstrap);
+    for a in args.external_addr {
+        let parsed: libp2p::Multiaddr = a
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--external-addr {a:?}: {e}"))?;
+        anyhow::ensure!(
+            !parsed
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))),
+            "--external-addr {a:?}: leave out the /p2p/ part, it is added"
+        );
+        cfg.external_addrs.push(a);
+    }
+    cfg.relay |= args.relay;
     for t in args.trust {
         cfg.trusted.push(
             t.parse()

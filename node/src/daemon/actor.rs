@@ -50,6 +50,7 @@ use crate::net::behaviour::{Behaviour, BehaviourEvent};
 use crate::net::codec::Response;
 use crate::net::peerbook::{DIAL_AT_START, PeerBook, Redial};
 use crate::net::ratelimit::{Check, PeerLimits};
+use crate::net::reach::Reach;
 use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, TOPIC_SETTLEMENTS, topic};
 use crate::runner::Runner;
 use crate::sched::availability::{self, Conditions};
@@ -142,6 +143,12 @@ pub struct Actor {
     pause_file: PauseFile,
     /// The load average could not be read once already (said once, not every second).
     load_unreadable: bool,
+    /// Reachability and relay reservations.
+    reach: Reach,
+    /// The address each peer was dialled at directly (to reserve on it if it is a relay).
+    dialled: HashMap<PeerId, Multiaddr>,
+    /// Hole punching outcomes: direct connections made, attempts failed.
+    pub(super) holes: (u64, u64),
     /// The file sweep in progress (`sweep::sweep_files`), so two never overlap.
     sweeping: Option<tokio::task::JoinHandle<super::sweep::Swept>>,
 }
@@ -185,6 +192,12 @@ impl Actor {
             PeerBook::new(book_path)
         });
         let redial = Redial::new(&p.bootstrap, Instant::now());
+        // Addresses the owner configured are confirmed from the start (the swarm reports
+        // only those confirmed later).
+        let mut reach = Reach::new(Instant::now());
+        for a in p.swarm.external_addresses() {
+            reach.confirmed(a);
+        }
         Self {
             peerbook,
             peerbook_saved: Instant::now(),
@@ -195,6 +208,9 @@ impl Actor {
             pause_file,
             load_unreadable: false,
             sweeping: None,
+            reach,
+            dialled: HashMap::new(),
+            holes: (0, 0),
             core,
             me,
             p,
@@ -273,6 +289,7 @@ impl Actor {
                 // expiry or heartbeats.
                 _ = tick.tick() => {
                     self.keep_connected();
+                    self.reserve_on_relays();
                     self.update_availability().await;
                     self.feed(Input::Tick).await;
                 }
@@ -605,6 +622,10 @@ impl Actor {
                 peer_id, endpoint, ..
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() && !endpoint.is_relayed() {
+                    self.dialled
+                        .insert(peer_id, endpoint.get_remote_address().clone());
+                }
                 if self.limits.is_banned(&peer_id, Instant::now()) {
                     debug!(peer = %peer_id, "a banned peer connected: disconnecting it");
                     self.count_peer_rejection("banned_peer_reconnected");
@@ -615,7 +636,57 @@ impl Actor {
                 peer_id,
                 num_established: 0,
                 ..
-            } => self.limits.forget(&peer_id),
+            } => {
+                self.limits.forget(&peer_id);
+                self.dialled.remove(&peer_id);
+                self.reach.relay_lost(&peer_id);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, "reachable at a confirmed address");
+                for listener in self.reach.confirmed(&address) {
+                    self.p.swarm.remove_listener(listener);
+                }
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                debug!(%address, "an external address expired");
+                self.reach.expired(&address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Err(e) = reason {
+                    debug!("a listener closed: {e}");
+                }
+                self.reach.listener_closed(listener_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => match e.result {
+                Ok(()) => {
+                    info!(addr = %e.tested_addr, server = %e.server, "AutoNAT: a peer dialled this node back")
+                }
+                Err(err) => {
+                    info!(addr = %e.tested_addr, server = %e.server, "AutoNAT: not reachable at this address ({err})");
+                    self.reach.found_unreachable();
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                libp2p::relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal: false,
+                    ..
+                },
+            )) => info!(relay = %relay_peer_id, "reachable through a relay"),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => match e.result {
+                Ok(_) => {
+                    self.holes.0 += 1;
+                    info!(peer = %e.remote_peer_id, "hole punched: a direct connection through both NATs");
+                }
+                Err(err) => {
+                    self.holes.1 += 1;
+                    info!(peer = %e.remote_peer_id, "hole punching failed, staying relayed: {err}");
+                }
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -747,6 +818,9 @@ impl Actor {
                 info,
                 ..
             })) => {
+                if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
+                    self.reach.relay_met(peer_id, self.dialled.get(&peer_id));
+                }
                 let barn_peer = self.p.swarm.behaviour_mut().on_identify(&peer_id, &info);
                 if barn_peer {
                     self.peerbook.record(peer_id, &info.listen_addrs, now());
@@ -757,6 +831,34 @@ impl Actor {
     }
 
     // ---- staying connected ----
+
+    /// Behind NAT (no confirmed address), reserves a slot on relays met, so that peers
+    /// behind other NATs reach this node through them.
+    fn reserve_on_relays(&mut self) {
+        for (relay, circuit) in self.reach.to_reserve(Instant::now()) {
+            match self.p.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    info!(%relay, "no confirmed address: reserving a slot on a relay");
+                    self.reach.reserving(id, relay);
+                }
+                Err(e) => {
+                    warn!(%circuit, "failed to listen through a relay: {e}");
+                    self.reach.relay_lost(&relay);
+                }
+            }
+        }
+    }
+
+    /// `public` (an address confirmed), `relayed` (reachable through relays) or `unknown`.
+    pub(super) fn reachability(&self) -> &'static str {
+        if self.reach.is_public() {
+            "public"
+        } else if self.reach.reservations() > 0 {
+            "relayed"
+        } else {
+            "unknown"
+        }
+    }
 
     fn count_peer_rejection(&mut self, why: &'static str) {
         *self.peer_rejected.entry(why).or_default() += 1;
@@ -930,8 +1032,22 @@ impl Actor {
     pub(super) fn peer_count(&self) -> usize {
         self.p.swarm.connected_peers().count()
     }
+    /// Where peers may reach this node: confirmed external addresses first, then what it
+    /// listens on (relayed addresses included).
     pub(super) fn listen_addrs(&self) -> Vec<String> {
-        self.p.swarm.listeners().map(|a| a.to_string()).collect()
+        let mut out: Vec<String> = Vec::new();
+        for a in self
+            .p
+            .swarm
+            .external_addresses()
+            .chain(self.p.swarm.listeners())
+        {
+            let s = a.to_string();
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
     }
 }
 

@@ -155,6 +155,8 @@ where
         listen: parse(&cfg.listen, "node.listen")?,
         bootstrap: parse(&cfg.bootstrap, "node.bootstrap")?,
         mdns: cfg.mdns,
+        relay: cfg.relay,
+        external_addrs: parse(&cfg.external_addrs, "node.external_addrs")?,
     };
     let swarm = build_swarm(&key, &net).context("failed to start networking")?;
     let control = swarm.behaviour().stream.new_control();

@@ -30,6 +30,9 @@ pub fn status(a: &Actor) -> StatusView {
         unavailable: a.unavailable_words(),
         store_errors: p.store.errors(),
         rejected: rejections(a),
+        reachability: a.reachability().to_string(),
+        holes_punched: a.holes.0,
+        holes_failed: a.holes.1,
     }
 }
 

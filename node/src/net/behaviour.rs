@@ -1,7 +1,10 @@
 //! The composed libp2p [`Behaviour`]: gossipsub for small signed announcements,
 //! request-response (`/barn/rpc/1`) for claims, grants, heartbeats and results, Kademlia
 //! (`/barn/kad/1`, our own DHT, never the public one) for finding peers, identify
-//! (`/barn/id/1`), ping, `libp2p-stream` for blobs, and mDNS when enabled.
+//! (`/barn/id/1`), ping, `libp2p-stream` for blobs (on direct connections only), and mDNS
+//! when enabled; for crossing NAT, AutoNAT v2 (client on every node, server on every node),
+//! the circuit relay v2 client (every node) and server (`node.relay`), and DCUtR hole
+//! punching.
 //!
 //! The daemon's actor owns the swarm and matches on [`BehaviourEvent`]. Gossip is
 //! validated by the application: every `gossipsub::Event::Message` must be answered once
@@ -16,9 +19,14 @@ use libp2p::kad::store::MemoryStore;
 use libp2p::request_response::ProtocolSupport;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, identify, kad, ping, request_response};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, dcutr, gossipsub, identify, kad, ping, relay,
+    request_response,
+};
+use libp2p_autonat::v2 as autonat;
 
 use super::codec::{self, Codec};
+use super::direct::DirectOnly;
 use super::swarm::{NetConfig, NetError};
 
 /// The Kademlia protocol name: barn's own DHT.
@@ -64,7 +72,12 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<MemoryStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub stream: libp2p_stream::Behaviour,
+    pub stream: DirectOnly<libp2p_stream::Behaviour>,
+    pub relay_client: relay::client::Behaviour,
+    pub relay: Toggle<relay::Behaviour>,
+    pub dcutr: dcutr::Behaviour,
+    pub autonat: autonat::client::Behaviour,
+    pub autonat_server: autonat::server::Behaviour,
     pub mdns: Toggle<Mdns>,
 }
 
@@ -77,14 +90,20 @@ impl std::fmt::Debug for Behaviour {
 }
 
 impl Behaviour {
-    /// Builds the behaviours for the node whose identity is `key`.
-    pub fn new(key: &Keypair, cfg: &NetConfig) -> Result<Self, NetError> {
-        Self::with_codec(key, cfg, Codec::default())
+    /// Builds the behaviours for the node whose identity is `key`; `relay_client` comes
+    /// from the swarm builder, paired with its transport.
+    pub fn new(
+        key: &Keypair,
+        cfg: &NetConfig,
+        relay_client: relay::client::Behaviour,
+    ) -> Result<Self, NetError> {
+        Self::with_codec(key, cfg, relay_client, Codec::default())
     }
 
     pub(crate) fn with_codec(
         key: &Keypair,
         cfg: &NetConfig,
+        relay_client: relay::client::Behaviour,
         codec: Codec,
     ) -> Result<Self, NetError> {
         let peer_id = key.public().to_peer_id();
@@ -153,7 +172,15 @@ impl Behaviour {
             kad,
             identify,
             ping: ping::Behaviour::default(),
-            stream: libp2p_stream::Behaviour::new(),
+            stream: DirectOnly::new(libp2p_stream::Behaviour::new()),
+            relay_client,
+            relay: cfg
+                .relay
+                .then(|| relay::Behaviour::new(peer_id, relay_config()))
+                .into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: autonat::client::Behaviour::default(),
+            autonat_server: autonat::server::Behaviour::default(),
             mdns: mdns.into(),
         })
     }
@@ -187,6 +214,14 @@ impl Behaviour {
     pub fn add_peer_address(&mut self, peer: &PeerId, addr: Multiaddr) {
         self.kad.add_address(peer, addr);
     }
+}
+
+/// What a relay serves (`node.relay`): libp2p's defaults, which keep its owner's cost
+/// small: at most 128 reservations (4 per peer) and 16 circuits (4 per peer) at once,
+/// each circuit closed after 2 minutes or 128 KiB, and rate limits per peer and per IP
+/// address. Barn moves no bulk data over a circuit ([`DirectOnly`]).
+fn relay_config() -> relay::Config {
+    relay::Config::default()
 }
 
 /// gossipsub peer scoring: a message the application rejects costs its sender

@@ -86,7 +86,9 @@ pub struct FetchError {
 pub enum FetchErrorKind {
     #[error("could not open a stream")]
     Open(#[source] OpenStreamError),
-    #[error("no stream opened within {0:?} (is the peer connected?)")]
+    #[error(
+        "no stream opened within {0:?} (is the peer connected directly? blobs never move over a relay)"
+    )]
     OpenTimeout(Duration),
     #[error("stream i/o failed")]
     Io(#[source] io::Error),

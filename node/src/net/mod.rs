@@ -3,12 +3,16 @@
 //! - [`swarm`]: [`build_swarm`] (identity = node key, TCP + noise + yamux, QUIC with the
 //!   `quic` feature), [`NetConfig`], the gossip topic names;
 //! - [`behaviour`]: the composed [`Behaviour`] (gossipsub, request-response, Kademlia,
-//!   identify, ping, libp2p-stream, optional mDNS) and its [`BehaviourEvent`];
+//!   identify, ping, libp2p-stream, relay client and server, DCUtR, AutoNAT v2,
+//!   optional mDNS) and its [`BehaviourEvent`];
 //! - [`codec`]: the `/barn/rpc/1` [`Request`]/[`Response`] types and their size-limited
 //!   ciborium codec;
 //! - [`peerbook`]: peers remembered across restarts and the redialling of lost bootstrap
 //!   peers;
 //! - [`ratelimit`]: per-peer request rates and bans for flooding peers;
+//! - [`reach`]: reachability (confirmed addresses, AutoNAT's answers) and when to reserve
+//!   a slot on a relay;
+//! - [`direct`]: [`direct::DirectOnly`], which keeps blob streams off relayed connections;
 //! - [`blobs`]: blob transfer over `/barn/blob/1` streams ([`blobs::serve`],
 //!   [`blobs::fetch`]).
 //!
@@ -19,8 +23,10 @@
 pub mod behaviour;
 pub mod blobs;
 pub mod codec;
+pub mod direct;
 pub mod peerbook;
 pub mod ratelimit;
+pub mod reach;
 pub mod swarm;
 
 pub use behaviour::{Behaviour, BehaviourEvent};

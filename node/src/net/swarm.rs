@@ -39,6 +39,10 @@ pub struct NetConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the local network with mDNS (needs the `mdns` feature).
     pub mdns: bool,
+    /// Serve as a circuit relay for peers behind NAT (`node.relay`).
+    pub relay: bool,
+    /// Addresses this node is known to be reachable at (`node.external_addrs`).
+    pub external_addrs: Vec<Multiaddr>,
 }
 
 /// Why the swarm could not be built or started.
@@ -72,14 +76,18 @@ pub fn build_swarm(
     cfg: &NetConfig,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let keypair = key.to_libp2p();
-    let behaviour = Behaviour::new(&keypair, cfg)?;
-    build_swarm_with(keypair, behaviour, cfg)
+    let net = cfg.clone();
+    build_swarm_with(keypair, move |k, relay| Behaviour::new(k, &net, relay), cfg)
 }
 
-/// [`build_swarm`] with a behaviour built by the caller (tests use another codec).
+/// [`build_swarm`] with a behaviour built by the caller (tests use another codec) from the
+/// key and the relay client.
 pub(crate) fn build_swarm_with(
     keypair: libp2p::identity::Keypair,
-    behaviour: Behaviour,
+    behaviour: impl FnOnce(
+        &libp2p::identity::Keypair,
+        libp2p::relay::client::Behaviour,
+    ) -> Result<Behaviour, NetError>,
     cfg: &NetConfig,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let builder = SwarmBuilder::with_existing_identity(keypair)
@@ -92,9 +100,21 @@ pub(crate) fn build_swarm_with(
         .map_err(|e| NetError::Transport(e.to_string()))?;
     #[cfg(feature = "quic")]
     let builder = builder.with_quic();
+    let mut made = None;
     let mut swarm = builder
-        .with_behaviour(move |_| behaviour)
-        .map_err(|e| match e {})?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_behaviour(|key, relay| match behaviour(key, relay) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                made = Some(e);
+                Err("the behaviour could not be built".into())
+            }
+        })
+        .map_err(|e| {
+            made.take()
+                .unwrap_or_else(|| NetError::Transport(e.to_string()))
+        })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
 
@@ -116,6 +136,10 @@ pub(crate) fn build_swarm_with(
                 addr: addr.clone(),
                 source,
             })?;
+    }
+
+    for addr in &cfg.external_addrs {
+        swarm.add_external_address(addr.clone());
     }
 
     let mut seeded = false;

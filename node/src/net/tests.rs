@@ -265,7 +265,8 @@ async fn over_limit_request_is_refused_by_the_receiver() {
     let codec = Codec {
         skip_write_limits: true,
     };
-    let behaviour = Behaviour::with_codec(&key, &NetConfig::default(), codec).unwrap();
+    let behaviour =
+        move |k: &_, relay| Behaviour::with_codec(k, &NetConfig::default(), relay, codec);
     let hostile = swarm::build_swarm_with(key, behaviour, &NetConfig::default()).unwrap();
     let (mut a, mut b) = pair_with(hostile).await;
     let a_id = *a.local_peer_id();

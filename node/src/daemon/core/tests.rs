@@ -920,9 +920,8 @@ fn jobs_past_retention_are_forgotten_but_not_while_running_here() {
     let runner = (1..=2)
         .find(|&i| sim.nodes[i].core().running().contains_key(&busy))
         .expect("a volunteer runs the second job");
-    let finished = |sim: &Sim, i: usize, id: &JobId| {
-        sim.nodes[i].db.get_job(id).unwrap().map(|r| r.state)
-    };
+    let finished =
+        |sim: &Sim, i: usize, id: &JobId| sim.nodes[i].db.get_job(id).unwrap().map(|r| r.state);
     assert_eq!(finished(&sim, C, &done), Some(JobState::Complete));
     // The sweep hands both to each node (the database only lists finished jobs; here the
     // running one is named too, to show the core keeps it).

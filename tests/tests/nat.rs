@@ -1,0 +1,110 @@
+//! A farm across NATs, on real `barn node` processes in network namespaces
+//! (`barn_tests::netns`): a project's submitter behind one home NAT coordinates a job that
+//! volunteers behind another home NAT build. Neither home takes connections from outside;
+//! the nodes meet through a relay node on the public network (`barn node --relay`), learn
+//! they are not reachable (AutoNAT), reserve a slot on the relay, and punch holes through
+//! both NATs (DCUtR) so that the job's source and image, which never move over a relay,
+//! travel on a direct connection.
+//!
+//! `cargo nextest run -p barn-tests --test nat --no-capture` prints the timeline.
+
+use std::time::Instant;
+
+use barn_tests::farm::{Farm, Node};
+use barn_tests::netns::{Nat, Net};
+use barn_tests::{Project, poll};
+
+/// A short deterministic build.
+const JOB: &str = "image = \"tiny-x86_64\"\narch = \"x86_64\"\ntimeout = \"5m\"\n\
+    source_date_epoch = 1700000000\nartifacts = [\"out/*\"]\n\
+    [[task]]\nname = \"build\"\nrun = \"mkdir -p out && cat msg.txt > out/msg && echo built\"\n";
+
+/// Seconds for volunteers to fetch the image and build under TCG.
+const BUILD_SECS: u64 = 240;
+
+fn status_of(node: &Node, key: &str) -> serde_json::Value {
+    node.status()[key].clone()
+}
+
+fn relayed_addr(node: &Node) -> Option<String> {
+    node.status()["listen"]
+        .as_array()?
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| a.contains("/p2p-circuit"))
+        .map(str::to_string)
+}
+
+#[test]
+fn a_submitter_behind_one_nat_coordinates_volunteers_behind_another() {
+    let Some(mut net) = Net::new() else { return };
+    let relay_host = net.public_host("relay");
+    let mut home_a = net.home("a", Nat::Masquerade);
+    let mut home_b = net.home("b", Nat::Masquerade);
+    let submitter = net.host_in(&mut home_a, "sub");
+    let volunteers = (1..=2)
+        .map(|i| net.host_in(&mut home_b, &format!("v{i}")))
+        .collect();
+    let start = Instant::now();
+    let t = || format!("{:5.1} s", start.elapsed().as_secs_f64());
+    let farm = Farm::start_behind_nat("tiny-x86_64", relay_host, submitter, volunteers);
+    let relay = farm.relay.as_ref().unwrap();
+    println!(
+        "{}: farm up: every node heard the others through the relay",
+        t()
+    );
+    assert_eq!(
+        status_of(relay, "reachability"),
+        "public",
+        "the relay's own address is given"
+    );
+
+    // Behind NAT, the submitter learns it is not reachable and takes a slot on the relay;
+    // the job it signs names the relayed address, through which volunteers reach it.
+    let circuit = poll(90, "the submitter to reserve a slot on the relay", || {
+        relayed_addr(&farm.submitter)
+    });
+    assert_eq!(status_of(&farm.submitter, "reachability"), "relayed");
+    println!(
+        "{}: submitter reachable through the relay at {circuit}",
+        t()
+    );
+
+    let p = Project::new(JOB).file("msg.txt", "built across two NATs\n");
+    let id = farm.submit(&p, 2);
+    let submitted = Instant::now();
+    println!("{}: submitted {id} with 2 replicas", t());
+    let verdict = poll(
+        BUILD_SECS,
+        "the verdict of the job built across NATs",
+        || {
+            let d = farm.submitter.job(&id)?;
+            d["job"]["verdict"].as_str().map(str::to_string)
+        },
+    );
+    println!(
+        "{}: verdict {verdict}, {:.1} s after the submission",
+        t(),
+        submitted.elapsed().as_secs_f64()
+    );
+    assert_eq!(verdict, "reproducible");
+    let d = farm.submitter.job(&id).unwrap();
+    let builders: Vec<&str> = d["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["node"].as_str())
+        .collect();
+    let vs: Vec<String> = farm.volunteers.iter().map(Node::peer_id).collect();
+    assert_eq!(builders.len(), 2, "{d}");
+    assert!(builders.iter().all(|b| vs.iter().any(|v| v == b)), "{d}");
+
+    // The source and image came over direct connections: holes were punched through
+    // both NATs (a relay carries no blob, and the relay's circuits end at 128 KiB).
+    let punched: u64 = std::iter::once(&farm.submitter)
+        .chain(&farm.volunteers)
+        .map(|n| status_of(n, "holes_punched").as_u64().unwrap_or(0))
+        .sum();
+    println!("{}: {punched} hole punch(es) made a direct connection", t());
+    assert!(punched >= 1, "no hole was punched, yet the blobs arrived");
+}
