@@ -105,6 +105,11 @@ impl Node {
         }
     }
 
+    /// Gives this node image `name` from the shared test data (as if it had built it).
+    pub fn give_image(&self, name: &str) {
+        give_image(name, &self.data);
+    }
+
     /// `barn status --json` on this node.
     pub fn status(&self) -> serde_json::Value {
         let out = self.barn(&["status", "--json"]);

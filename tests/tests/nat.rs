@@ -108,3 +108,58 @@ fn a_submitter_behind_one_nat_coordinates_volunteers_behind_another() {
     println!("{}: {punched} hole punch(es) made a direct connection", t());
     assert!(punched >= 1, "no hole was punched, yet the blobs arrived");
 }
+
+/// Behind a NAT that gives every connection a new port (a symmetric NAT), no hole can be
+/// punched: the volunteer still claims the job and is granted a lease through the relay,
+/// but the job's source, which never moves over a relay, cannot reach it. It says so and
+/// gives the lease back, and the relay carried no blob byte. (The volunteer has the
+/// image, and the source is a few hundred bytes, well within a circuit's 128 KiB: only
+/// the rule keeps it off the relay.)
+#[test]
+fn behind_a_symmetric_nat_no_blob_moves_over_the_relay() {
+    let Some(mut net) = Net::new() else { return };
+    let relay_host = net.public_host("relay");
+    let mut home_a = net.home("a", Nat::Masquerade);
+    let mut strict = net.home("s", Nat::Random);
+    let submitter = net.host_in(&mut home_a, "sub");
+    let v = net.host_in(&mut strict, "v1");
+    let farm = Farm::start_behind_nat("tiny-x86_64", relay_host, submitter, vec![v]);
+    let volunteer = &farm.volunteers[0];
+    volunteer.give_image("tiny-x86_64");
+    poll(90, "the submitter to reserve a slot on the relay", || {
+        relayed_addr(&farm.submitter)
+    });
+    let p = Project::new(JOB).file("msg.txt", "never fetched through a relay\n");
+    let id = farm.submit(&p, 1);
+    let me = volunteer.peer_id();
+    let d = poll(BUILD_SECS, "the volunteer's attempt to end", || {
+        let d = farm.submitter.job(&id)?;
+        let ended = d["results"]
+            .as_array()?
+            .iter()
+            .any(|r| r["node"] == me.as_str());
+        ended.then_some(d)
+    });
+    let result = d["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == me.as_str())
+        .unwrap()
+        .clone();
+    assert_ne!(result["status"], "succeeded", "the source crossed the relay: {d}");
+    let log = std::fs::read_to_string(&volunteer.log).unwrap();
+    assert!(
+        log.contains("failed to fetch the source")
+            && log.contains("is reached only through a relay and no hole could be punched"),
+        "the volunteer's log does not say why:\n{log}"
+    );
+    let count = |key: &str| -> u64 {
+        [&farm.submitter, volunteer]
+            .iter()
+            .map(|n| status_of(n, key).as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(count("holes_punched"), 0, "a hole through a symmetric NAT?");
+    assert!(count("holes_failed") >= 1, "no hole punch was tried");
+}

@@ -78,6 +78,8 @@ pub struct Parts {
     pub accel: Accel,
     pub swarm: Swarm<Behaviour>,
     pub control: libp2p_stream::Control,
+    /// Direct and relayed connections per peer, from the blob behaviour.
+    pub paths: crate::net::direct::Paths,
     /// The owner left the node paused (read from the data dir at start).
     pub paused: bool,
     /// The bootstrap addresses, dialled again while their peer is not connected.
@@ -473,6 +475,7 @@ impl Actor {
             images: self.p.images.clone(),
             runner: self.p.runner.clone(),
             control: self.p.control.clone(),
+            paths: self.p.paths.clone(),
             accel: self.p.accel,
             out_dir: self.p.dirs.data.join("jobs").join(job.0.to_hex()),
             internal: self.internal_tx.clone(),
@@ -999,9 +1002,11 @@ impl Actor {
         }
         let local = *self.p.swarm.local_peer_id();
         let control = self.p.control.clone();
+        let paths = self.p.paths.clone();
         tokio::spawn(async move {
             let result = work::fetch_from_any(
                 control,
+                &paths,
                 &blobs,
                 hash,
                 peers.into_iter().filter(|p| *p != local).collect(),

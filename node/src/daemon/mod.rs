@@ -160,6 +160,7 @@ where
     };
     let swarm = build_swarm(&key, &net).context("failed to start networking")?;
     let control = swarm.behaviour().stream.new_control();
+    let paths = swarm.behaviour().stream.paths();
     let blob_stats = std::sync::Arc::new(crate::net::blobs::ServeStats::default());
     let server = crate::net::blobs::serve(
         control.clone(),
@@ -210,6 +211,7 @@ where
             accel,
             swarm,
             control,
+            paths,
             paused,
             bootstrap: net.bootstrap.clone(),
             blob_stats,

@@ -46,6 +46,8 @@ pub struct Context {
     pub images: ImageStore,
     pub runner: Runner,
     pub control: libp2p_stream::Control,
+    /// How this node is connected to each peer (blobs need a direct connection).
+    pub paths: crate::net::direct::Paths,
     pub accel: Accel,
     pub out_dir: PathBuf,
     pub internal: mpsc::Sender<Internal>,
@@ -172,6 +174,7 @@ async fn execute(
     }
     let (source, size) = fetch_from_any(
         ctx.control.clone(),
+        &ctx.paths,
         &ctx.blobs,
         job.source,
         vec![coordinator],
@@ -191,6 +194,7 @@ async fn execute(
         None => {
             let (tar, _) = fetch_from_any(
                 ctx.control.clone(),
+                &ctx.paths,
                 &ctx.blobs,
                 job.image_hash,
                 vec![coordinator],
@@ -318,6 +322,7 @@ fn alter_outputs(
 /// fresh connection may still be coming up); returns its path in the store and its size.
 pub async fn fetch_from_any(
     mut control: libp2p_stream::Control,
+    paths: &crate::net::direct::Paths,
     store: &BlobStore,
     hash: ContentHash,
     peers: Vec<PeerId>,
@@ -335,17 +340,48 @@ pub async fn fetch_from_any(
     let mut last = String::new();
     for attempt in 0..3 {
         for peer in &peers {
+            // Hole punching runs once per relayed connection: wait for it the first time.
+            let direct = if attempt == 0 {
+                wait_for_direct(paths, peer).await
+            } else {
+                !paths.relayed_only(peer)
+            };
+            if !direct {
+                last = format!(
+                    "{peer} is reached only through a relay and no hole could be punched to it \
+                     (a NAT that changes ports on one side?): blobs never move over a relay"
+                );
+                continue;
+            }
             match blobs::fetch(&mut control, *peer, hash, store, max_size).await {
                 Ok(path) => {
                     let size = store.size(&hash).map_err(|e| e.to_string())?;
                     return Ok((path, size));
                 }
-                Err(e) => last = format!("{e:#}"),
+                // With its cause: which step failed and why.
+                Err(e) => last = format!("{:#}", anyhow::Error::from(e)),
             }
         }
         tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
     }
     Err(last)
+}
+
+/// How long a fetch waits for hole punching to turn a relayed connection into a direct one
+/// (DCUtR tries three times within about this).
+const DIRECT_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits while `peer` is connected only through a relay, up to [`DIRECT_WAIT`]; returns
+/// false if it still is (a peer not connected at all is left to the fetch, which dials).
+async fn wait_for_direct(paths: &crate::net::direct::Paths, peer: &PeerId) -> bool {
+    let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
+    while paths.relayed_only(peer) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    true
 }
 
 /// Makes sure the image with `hash` is also in the blob store as its tar, so volunteers

@@ -5,7 +5,8 @@
 //! of it, so a blob fetch from a peer reached only through a relay waits for the direct
 //! connection hole punching (DCUtR) makes, or times out naming why.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use either::Either;
@@ -23,11 +24,44 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// How this node is connected to each peer: shared with the blob fetchers, which wait for
+/// a direct connection and say why they cannot have one.
+#[derive(Debug, Clone, Default)]
+pub struct Paths {
+    /// Per peer: (direct connections, relayed connections).
+    peers: Arc<Mutex<HashMap<PeerId, (u32, u32)>>>,
+}
+
+impl Paths {
+    fn change(&self, peer: PeerId, relayed: bool, up: bool) {
+        let mut map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(peer).or_default();
+        let n = if relayed { &mut entry.1 } else { &mut entry.0 };
+        *n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
+        if *entry == (0, 0) {
+            map.remove(&peer);
+        }
+    }
+
+    /// Whether a direct connection to `peer` is open.
+    pub fn direct(&self, peer: &PeerId) -> bool {
+        let map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(peer).is_some_and(|(d, _)| *d > 0)
+    }
+
+    /// Whether `peer` is connected only through a relay.
+    pub fn relayed_only(&self, peer: &PeerId) -> bool {
+        let map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(peer).is_some_and(|(d, r)| *d == 0 && *r > 0)
+    }
+}
+
 /// `B` on direct connections only.
 pub struct DirectOnly<B> {
     inner: B,
     /// Relayed connections, given the dummy handler.
     relayed: HashSet<ConnectionId>,
+    paths: Paths,
 }
 
 impl<B> std::fmt::Debug for DirectOnly<B> {
@@ -43,7 +77,13 @@ impl<B> DirectOnly<B> {
         Self {
             inner,
             relayed: HashSet::new(),
+            paths: Paths::default(),
         }
+    }
+
+    /// The connections to each peer, kept up to date by this behaviour.
+    pub fn paths(&self) -> Paths {
+        self.paths.clone()
     }
 
     pub fn inner(&self) -> &B {
@@ -123,9 +163,17 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         let hidden = match &event {
-            FromSwarm::ConnectionEstablished(e) => self.relayed.contains(&e.connection_id),
+            FromSwarm::ConnectionEstablished(e) => {
+                let relayed = self.relayed.contains(&e.connection_id);
+                self.paths.change(e.peer_id, relayed, true);
+                relayed
+            }
             FromSwarm::AddressChange(e) => self.relayed.contains(&e.connection_id),
-            FromSwarm::ConnectionClosed(e) => self.relayed.remove(&e.connection_id),
+            FromSwarm::ConnectionClosed(e) => {
+                let relayed = self.relayed.remove(&e.connection_id);
+                self.paths.change(e.peer_id, relayed, false);
+                relayed
+            }
             _ => false,
         };
         if !hidden {
