@@ -1,7 +1,8 @@
 //! Issue 10's hostile peers against real `barn node` processes: while peers written to
 //! attack (`barn_tests::hostile`) send re-wrapped jobs, garbage, adverts from two thousand
-//! fresh keys and floods of requests, an honest job settles, every attack is counted by
-//! reason in `/metrics`, and the attacked node's memory and tables stay bounded.
+//! fresh keys, floods of requests and a thousand half-open connections, an honest job
+//! settles, every attack is counted by reason in `/metrics`, and the attacked node's
+//! memory, open files and tables stay bounded.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,23 @@ use barn_tests::{Project, poll};
 const JOB: &str = "image = \"tiny-x86_64\"\narch = \"x86_64\"\ntimeout = \"5m\"\n\
     source_date_epoch = 1700000000\nartifacts = [\"out/*\"]\n\
     [[task]]\nname = \"build\"\nrun = \"sleep 5 && mkdir -p out && cat msg.txt > out/msg\"\n";
+
+/// How many files (sockets included) the node's process holds open.
+fn open_files(node: &Node) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", node.pid()))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("open files of {}: {e}", node.name))
+}
+
+/// `ip:port` of a `/ip4/<ip>/tcp/<port>/…` multiaddr.
+fn tcp_addr(multiaddr: &str) -> String {
+    let parts: Vec<&str> = multiaddr.split('/').collect();
+    assert!(
+        parts.len() > 4 && parts[1] == "ip4" && parts[3] == "tcp",
+        "{multiaddr}"
+    );
+    format!("{}:{}", parts[2], parts[4])
+}
 
 /// Waits for job `id`'s verdict on the submitter; returns it.
 fn verdict(farm: &Farm, id: &str) -> String {
@@ -112,7 +130,23 @@ fn an_honest_job_settles_while_hostile_peers_attack_and_each_attack_is_counted()
     mark(format!("flooded 600 claims: {flood:?}"));
     let kept = h.still_connected_after(Duration::from_secs(2));
 
+    // 5. A thousand TCP connections to the node's port, held open and never completing
+    // the handshake: at most 64 wait in it at once; the rest are turned away at once, so
+    // the node's open files stay bounded.
+    let fds_before = open_files(&farm.submitter);
+    let addr = tcp_addr(&target);
+    let held: Vec<std::net::TcpStream> = (0..1000)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let fds_flooded = open_files(&farm.submitter);
+    mark(format!(
+        "opened {} raw connections: the node holds {fds_flooded} files (was {fds_before})",
+        held.len()
+    ));
+
     let word = verdict(&farm, &id);
+    drop(held);
     let attacked_secs = started.elapsed().as_secs_f64();
     mark(format!("verdict {word}"));
     let rss_after = farm.submitter.rss_kib();
@@ -134,6 +168,10 @@ fn an_honest_job_settles_while_hostile_peers_attack_and_each_attack_is_counted()
         ),
         ("rate_limited", rejected(s, "peer", None, "rate_limited")),
         ("banned", rejected(s, "peer", None, "banned")),
+        (
+            "connection_limit",
+            rejected(s, "peer", None, "connection_limit"),
+        ),
     ];
     let report = format!(
         "{}\nsubmit to verdict: quiet {quiet_secs:.1} s, under attack {attacked_secs:.1} s\n\
@@ -171,6 +209,21 @@ fn an_honest_job_settles_while_hostile_peers_attack_and_each_attack_is_counted()
         "more requests answered than the rate allows\n{report}"
     );
     assert_eq!(count("banned"), 1, "{report}");
+    assert!(
+        count("connection_limit") >= 900,
+        "raw connections were not turned away\n{report}"
+    );
+    assert!(
+        fds_flooded < fds_before + 100,
+        "1000 raw connections opened {} files on the node\n{report}",
+        fds_flooded.saturating_sub(fds_before)
+    );
+    // With the flood gone, a new peer connects again.
+    let mut late = Hostile::connect(&target);
+    assert!(
+        late.still_connected_after(Duration::from_secs(1)),
+        "a peer cannot connect after the flood\n{report}"
+    );
     assert!(!kept, "the flooding peer is still connected\n{report}");
     assert!(
         rss_after < rss_before + 64 * 1024,

@@ -147,7 +147,10 @@ fn behind_a_symmetric_nat_no_blob_moves_over_the_relay() {
         .find(|r| r["node"] == me.as_str())
         .unwrap()
         .clone();
-    assert_ne!(result["status"], "succeeded", "the source crossed the relay: {d}");
+    assert_ne!(
+        result["status"], "succeeded",
+        "the source crossed the relay: {d}"
+    );
     let log = std::fs::read_to_string(&volunteer.log).unwrap();
     assert!(
         log.contains("failed to fetch the source")

@@ -644,6 +644,14 @@ impl Actor {
                 self.dialled.remove(&peer_id);
                 self.reach.relay_lost(&peer_id);
             }
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => {
+                debug!(from = %send_back_addr, "connection turned away: {cause}");
+                self.count_peer_rejection("connection_limit");
+            }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, "reachable at a confirmed address");
                 for listener in self.reach.confirmed(&address) {

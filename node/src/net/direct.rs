@@ -37,7 +37,11 @@ impl Paths {
         let mut map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let entry = map.entry(peer).or_default();
         let n = if relayed { &mut entry.1 } else { &mut entry.0 };
-        *n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
+        *n = if up {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
         if *entry == (0, 0) {
             map.remove(&peer);
         }
