@@ -35,7 +35,9 @@ fn explain(reachability: &str) -> &'static str {
         "relayed" => {
             "relayed: behind NAT, reached through a relay; hole punching makes direct connections where the NATs allow"
         }
-        _ => "unknown: not learnt yet (a minute after start it is known)",
+        _ => {
+            "unknown: no address confirmed and no relay slot held (behind NAT, a node needs a peer that runs a relay: see the volunteer guide)"
+        }
     }
 }
 

@@ -324,24 +324,43 @@ impl Actor {
         }
         let old = sweep::past_retention(&self.p.db, now(), self.p.cfg.retention);
         if !old.is_empty() {
-            info!(
+            debug!(
                 jobs = old.len(),
-                "sweep: forgetting finished jobs past their retention"
+                "sweep: finished jobs past their retention"
             );
             self.feed(Input::Forget(old)).await;
-            self.p.store.flush().await;
         }
-        let running = self
+        // Every write queued so far (a job just submitted or heard) is in the database
+        // the plan reads.
+        self.p.store.flush().await;
+        // What the core holds counts too, whatever the database says: running jobs, every
+        // job it knows, and the outputs of results not yet delivered.
+        let held = self
             .core
             .running()
             .keys()
             .map(|id| (*id, self.core.known(id).map(|k| k.job.clone())));
+        let known = self.core.jobs().map(|(id, k)| (*id, Some(k.job.clone())));
+        let undelivered: Vec<ContentHash> = self
+            .core
+            .outbox()
+            .iter()
+            .filter_map(|o| Signed::<BuildResult>::from_bytes(&o.result).ok())
+            .flat_map(|r| {
+                let r = r.message();
+                let mut hashes: Vec<ContentHash> =
+                    r.manifest.entries.iter().filter_map(|e| e.hash).collect();
+                hashes.push(r.log_hash);
+                hashes
+            })
+            .collect();
         let Some(plan) = sweep::plan(
             &self.p.db,
             self.p.dirs.data.clone(),
             self.p.blobs.clone(),
             self.p.cfg.max_store_bytes,
-            running,
+            held.chain(known),
+            undelivered,
         ) else {
             return;
         };
@@ -652,6 +671,12 @@ impl Actor {
                 debug!(from = %send_back_addr, "connection turned away: {cause}");
                 self.count_peer_rejection("connection_limit");
             }
+            SwarmEvent::ExternalAddrConfirmed { address }
+                if crate::net::reach::is_private(&address) =>
+            {
+                // A neighbour on the same LAN dialled it back: says nothing of the internet.
+                debug!(%address, "a private address was confirmed: not counted as reachable");
+            }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, "reachable at a confirmed address");
                 for listener in self.reach.confirmed(&address) {
@@ -670,7 +695,7 @@ impl Actor {
                 if let Err(e) = reason {
                     debug!("a listener closed: {e}");
                 }
-                self.reach.listener_closed(listener_id);
+                self.reach.listener_closed(listener_id, Instant::now());
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => match e.result {
                 Ok(()) => {
@@ -687,7 +712,10 @@ impl Actor {
                     renewal: false,
                     ..
                 },
-            )) => info!(relay = %relay_peer_id, "reachable through a relay"),
+            )) => {
+                info!(relay = %relay_peer_id, "reachable through a relay");
+                self.reach.accepted(relay_peer_id);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => match e.result {
                 Ok(_) => {
                     self.holes.0 += 1;
@@ -978,6 +1006,8 @@ impl Actor {
                         job.source
                     ));
                 }
+                // Used now: the sweep keeps what was used within the hour.
+                blobs.touch(&job.source);
                 work::ensure_image_blob(&images, &blobs, &job.image_hash)
                     .map_err(|e| format!("{e:#}"))?;
                 Ok(bytes)

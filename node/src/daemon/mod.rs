@@ -64,7 +64,7 @@ const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(6 * 
 /// (`blobs/tmp/*.tmp`; resumable `*.partial` downloads are kept) and image build and fetch
 /// folders (`images/build-*`, `images/fetch-*`). VMs and their folders are the runner's
 /// ([`runner::confine`]).
-pub(crate) fn clean_temporary_files(data: &std::path::Path) {
+fn clean_temporary_files(data: &std::path::Path) {
     let stale = |e: &std::fs::DirEntry| {
         e.metadata()
             .and_then(|m| m.modified())

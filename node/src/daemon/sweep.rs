@@ -45,14 +45,16 @@ pub(super) fn past_retention(db: &Db, now: u64, retention: Duration) -> Vec<JobI
     })
 }
 
-/// Reads what must stay: the blobs of open jobs and the ids of stored jobs. `running`:
-/// the jobs running here, whatever the database says.
+/// Reads what must stay: the blobs of open jobs and the ids of stored jobs. `held`: the
+/// jobs the core holds (running here, or known), whatever the database says;
+/// `undelivered`: the outputs and logs of results still on their way to a coordinator.
 pub(super) fn plan(
     db: &Db,
     data: PathBuf,
     blobs: BlobStore,
     cap: u64,
-    running: impl Iterator<Item = (JobId, Option<Job>)>,
+    held: impl Iterator<Item = (JobId, Option<Job>)>,
+    undelivered: Vec<ContentHash>,
 ) -> Option<Plan> {
     let stored = match db.list_jobs() {
         Ok(jobs) => jobs,
@@ -75,12 +77,13 @@ pub(super) fn plan(
             need(signed.message());
         }
     }
-    for (id, job) in running {
+    for (id, job) in held {
         jobs.insert(id);
         if let Some(job) = job {
             need(&job);
         }
     }
+    keep.extend(undelivered);
     Some(Plan {
         data,
         blobs,
@@ -115,7 +118,12 @@ pub(super) fn sweep_files(plan: Plan) -> Swept {
         else {
             continue;
         };
-        if plan.jobs.contains(&id) {
+        // A folder made within the hour may belong to a job heard after the plan was read.
+        let recent_folder = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < IN_USE));
+        if plan.jobs.contains(&id) || recent_folder {
             continue;
         }
         match std::fs::remove_dir_all(e.path()) {
@@ -125,7 +133,7 @@ pub(super) fn sweep_files(plan: Plan) -> Swept {
             }
         }
     }
-    super::clean_temporary_files(&plan.data);
+    remove_stale_temporaries(&plan.blobs);
     let now = SystemTime::now();
     let recent = |used: SystemTime| now.duration_since(used).is_ok_and(|age| age < IN_USE);
     match plan
@@ -154,6 +162,37 @@ pub(super) fn sweep_files(plan: Plan) -> Swept {
     swept
 }
 
+/// How long a resumable download may lie untouched before the sweep takes it for
+/// abandoned (every chunk written touches it).
+const STALE_PARTIAL: Duration = Duration::from_secs(24 * 3600);
+/// How long an anonymous write may lie untouched (an import writes to it all along).
+const STALE_TMP: Duration = Duration::from_secs(6 * 3600);
+
+/// Removes abandoned downloads (`blobs/tmp/*.partial` untouched for a day) and anonymous
+/// writes a crash left (`blobs/tmp/*.tmp` untouched for 6 hours). Image build and fetch
+/// folders are cleaned only at start (`clean_temporary_files`): their own time does not
+/// change while files deep inside them are written.
+fn remove_stale_temporaries(blobs: &BlobStore) {
+    let tmp = blobs.dir().join("tmp");
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let limit = if name.ends_with(".partial") {
+            STALE_PARTIAL
+        } else if name.ends_with(".tmp") {
+            STALE_TMP
+        } else {
+            continue;
+        };
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > limit));
+        if old && let Err(err) = std::fs::remove_file(e.path()) {
+            warn!(path = %e.path().display(), "sweep: failed to remove an abandoned download: {err}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,9 +218,16 @@ mod tests {
             JobId(ContentHash::of(b"kept")),
             JobId(ContentHash::of(b"gone")),
         );
-        for j in [kept, gone] {
-            std::fs::create_dir_all(dir.path().join("jobs").join(j.0.to_hex()).join("out"))
-                .unwrap();
+        let just_heard = JobId(ContentHash::of(b"just heard"));
+        for j in [kept, gone, just_heard] {
+            let folder = dir.path().join("jobs").join(j.0.to_hex());
+            std::fs::create_dir_all(folder.join("out")).unwrap();
+            if j != just_heard {
+                std::fs::File::open(&folder)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
         }
         std::fs::create_dir_all(dir.path().join("jobs").join("not-a-job")).unwrap();
         let plan = Plan {
@@ -199,6 +245,10 @@ mod tests {
         assert!(blobs.has(&fresh), "used within the hour");
         assert!(dir.path().join("jobs").join(kept.0.to_hex()).exists());
         assert!(!dir.path().join("jobs").join(gone.0.to_hex()).exists());
+        assert!(
+            dir.path().join("jobs").join(just_heard.0.to_hex()).exists(),
+            "a folder made within the hour stays: its job may be newer than the plan"
+        );
         assert!(dir.path().join("jobs").join("not-a-job").exists());
     }
 }

@@ -337,6 +337,10 @@ pub async fn fetch_from_any(
             "blob {hash} is not here and no peer to ask is connected"
         ));
     }
+    // Peers with a direct connection first: one reached only through a relay may make
+    // the fetch wait for hole punching.
+    let mut peers = peers;
+    peers.sort_by_key(|p| paths.relayed_only(p));
     let mut last = String::new();
     for attempt in 0..3 {
         for peer in &peers {
@@ -388,6 +392,7 @@ async fn wait_for_direct(paths: &crate::net::direct::Paths, peer: &PeerId) -> bo
 /// can fetch it.
 pub fn ensure_image_blob(images: &ImageStore, blobs: &BlobStore, hash: &ContentHash) -> Result<()> {
     if blobs.has(hash) {
+        blobs.touch(hash);
         return Ok(());
     }
     let image = images

@@ -173,6 +173,15 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
                 relayed
             }
             FromSwarm::AddressChange(e) => self.relayed.contains(&e.connection_id),
+            // A connection a later behaviour refused never closes: forget it here.
+            FromSwarm::DialFailure(e) => {
+                self.relayed.remove(&e.connection_id);
+                false
+            }
+            FromSwarm::ListenFailure(e) => {
+                self.relayed.remove(&e.connection_id);
+                false
+            }
             FromSwarm::ConnectionClosed(e) => {
                 let relayed = self.relayed.remove(&e.connection_id);
                 self.paths.change(e.peer_id, relayed, false);

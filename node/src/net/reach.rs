@@ -37,6 +37,40 @@ pub struct Reach {
     relays: BTreeMap<PeerId, Multiaddr>,
     /// Reservations asked for or held: the listener and its relay.
     reserved: Vec<(ListenerId, PeerId)>,
+    /// Relays that accepted this node's reservation.
+    accepted: BTreeSet<PeerId>,
+    /// Relays whose reservation ended (refused, or the relay went away): when to try each
+    /// again, and how many times in a row it ended.
+    backoff: BTreeMap<PeerId, (Instant, u32)>,
+}
+
+/// The first wait before a relay whose reservation ended is asked again; it doubles with
+/// each further end, up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Whether `addr` is one only its own network can reach (RFC 1918, carrier-grade NAT,
+/// loopback, link-local, IPv6 unique-local): a peer dialling it back proves nothing about
+/// the internet.
+pub fn is_private(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => {
+            let o = ip.octets();
+            ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        Protocol::Ip6(ip) => {
+            let s = ip.segments()[0];
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (s & 0xfe00) == 0xfc00
+                || (s & 0xffc0) == 0xfe80
+        }
+        _ => false,
+    })
 }
 
 impl Reach {
@@ -47,6 +81,8 @@ impl Reach {
             unreachable: false,
             relays: BTreeMap::new(),
             reserved: Vec::new(),
+            accepted: BTreeSet::new(),
+            backoff: BTreeMap::new(),
         }
     }
 
@@ -100,9 +136,30 @@ impl Reach {
     }
 
     /// A reservation listener closed (the relay refused, went away, or the node dropped
-    /// it): another relay may be tried.
-    pub fn listener_closed(&mut self, id: ListenerId) {
-        self.reserved.retain(|(l, _)| *l != id);
+    /// it): another relay may be tried, and this one again after a back-off.
+    pub fn listener_closed(&mut self, id: ListenerId, now: Instant) {
+        let Some(at) = self.reserved.iter().position(|(l, _)| *l == id) else {
+            return;
+        };
+        let (_, relay) = self.reserved.remove(at);
+        self.accepted.remove(&relay);
+        let ends = self
+            .backoff
+            .get(&relay)
+            .map_or(0, |(_, n)| *n)
+            .saturating_add(1);
+        let wait = FIRST_BACKOFF
+            .saturating_mul(1 << ends.saturating_sub(1).min(5))
+            .min(MAX_BACKOFF);
+        self.backoff.insert(relay, (now + wait, ends));
+    }
+
+    /// A relay accepted this node's reservation.
+    pub fn accepted(&mut self, relay: PeerId) {
+        if self.reserved.iter().any(|(_, p)| *p == relay) {
+            self.accepted.insert(relay);
+            self.backoff.remove(&relay);
+        }
     }
 
     /// The circuit addresses to listen on now (`<relay addr>/p2p/<relay>/p2p-circuit`);
@@ -114,9 +171,10 @@ impl Reach {
             return Vec::new();
         }
         let held: BTreeSet<&PeerId> = self.reserved.iter().map(|(_, p)| p).collect();
+        let waiting = |p: &PeerId| self.backoff.get(p).is_some_and(|(at, _)| *at > now);
         self.relays
             .iter()
-            .filter(|(p, _)| !held.contains(p))
+            .filter(|(p, _)| !held.contains(p) && !waiting(p))
             .take(MAX_RELAYS - self.reserved.len())
             .map(|(p, a)| {
                 let circuit = a.clone().with(Protocol::P2p(*p)).with(Protocol::P2pCircuit);
@@ -130,9 +188,9 @@ impl Reach {
         self.reserved.push((id, relay));
     }
 
-    /// Relays this node holds or asks for a reservation on.
+    /// Relays that accepted this node's reservation.
     pub fn reservations(&self) -> usize {
-        self.reserved.len()
+        self.accepted.len()
     }
 }
 
@@ -175,12 +233,30 @@ mod tests {
         r.reserving(l1, want[0].0);
         r.reserving(l2, want[1].0);
         assert!(r.to_reserve(t0).is_empty(), "two relays are enough");
-        // One relay goes: the third is tried.
-        r.listener_closed(l1);
-        r.relay_lost(&want[0].0);
+        // One relay refuses: the third is tried, and the one that refused not again before
+        // its back-off.
+        r.accepted(want[1].0);
+        assert_eq!(r.reservations(), 1);
+        r.listener_closed(l1, t0);
         let next = r.to_reserve(t0);
         assert_eq!(next.len(), 1);
         assert_ne!(next[0].0, want[1].0);
+        assert_ne!(
+            next[0].0, want[0].0,
+            "the relay that refused is asked again at once"
+        );
+        let l3 = ListenerId::next();
+        r.reserving(l3, next[0].0);
+        r.listener_closed(l3, t0);
+        assert!(r.to_reserve(t0).is_empty(), "both other relays wait");
+        assert_eq!(r.to_reserve(t0 + FIRST_BACKOFF).len(), 1);
+        // Ending again doubles the wait.
+        let again = r.to_reserve(t0 + FIRST_BACKOFF);
+        let l4 = ListenerId::next();
+        r.reserving(l4, again[0].0);
+        r.listener_closed(l4, t0 + FIRST_BACKOFF);
+        let later = t0 + FIRST_BACKOFF + FIRST_BACKOFF;
+        assert!(r.to_reserve(later).iter().all(|(p, _)| *p != again[0].0));
         // A relayed address confirmed by a relay changes nothing; a direct one ends it.
         let circuit: Multiaddr = format!("{}/p2p/{}", next[0].1, a).parse().unwrap();
         assert!(r.confirmed(&circuit).is_empty());
@@ -189,7 +265,30 @@ mod tests {
         assert_eq!(dropped, vec![l2]);
         assert!(r.to_reserve(t0 + GRACE).is_empty());
         r.expired(&"/ip4/198.18.0.9/tcp/7400".parse().unwrap());
-        assert_eq!(r.to_reserve(t0 + GRACE).len(), MAX_RELAYS);
+        assert!(!r.to_reserve(t0 + MAX_BACKOFF).is_empty());
+    }
+
+    #[test]
+    fn addresses_only_a_lan_reaches_are_private() {
+        for a in [
+            "/ip4/10.1.0.2/tcp/1",
+            "/ip4/192.168.1.5/tcp/1",
+            "/ip4/172.16.0.1/tcp/1",
+            "/ip4/100.64.3.4/tcp/1",
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/169.254.1.1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+        ] {
+            assert!(is_private(&a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "/ip4/203.0.113.7/tcp/1",
+            "/ip4/198.18.0.2/tcp/7400",
+            "/ip6/2001:db8::1/tcp/1",
+        ] {
+            assert!(!is_private(&a.parse().unwrap()), "{a}");
+        }
     }
 
     #[test]

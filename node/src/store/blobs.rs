@@ -225,6 +225,14 @@ impl BlobStore {
             if keep(&e) {
                 continue;
             }
+            // Used since the listing (a submission, a peer's fetch)? Ask again.
+            let now_used = fs::metadata(self.path(&e.hash)).and_then(|m| m.modified());
+            if let Ok(used) = now_used
+                && used != e.used
+                && keep(&BlobEntry { used, ..e.clone() })
+            {
+                continue;
+            }
             self.remove(&e.hash)?;
             total -= e.size;
             done.removed += 1;

@@ -570,6 +570,10 @@ impl Core {
     pub fn outbox(&self) -> &[Outgoing] {
         &self.outbox
     }
+    /// Every job this node knows.
+    pub fn jobs(&self) -> impl Iterator<Item = (&JobId, &Known)> {
+        self.jobs.iter()
+    }
     pub fn known(&self, id: &JobId) -> Option<&Known> {
         self.jobs.get(id)
     }
