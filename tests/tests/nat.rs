@@ -163,6 +163,9 @@ fn behind_a_symmetric_nat_no_blob_moves_over_the_relay() {
             .map(|n| status_of(n, key).as_u64().unwrap_or(0))
             .sum()
     };
+    // DCUtR gives up after its third try, about 20 s after the first.
+    poll(60, "a hole punch to be tried and fail", || {
+        (count("holes_failed") >= 1).then_some(())
+    });
     assert_eq!(count("holes_punched"), 0, "a hole through a symmetric NAT?");
-    assert!(count("holes_failed") >= 1, "no hole punch was tried");
 }

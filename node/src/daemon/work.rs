@@ -372,8 +372,8 @@ pub async fn fetch_from_any(
 }
 
 /// How long a fetch waits for hole punching to turn a relayed connection into a direct one
-/// (DCUtR tries three times within about this).
-const DIRECT_WAIT: Duration = Duration::from_secs(15);
+/// (DCUtR tries three times, about 10 s apart, before it gives up).
+const DIRECT_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits while `peer` is connected only through a relay, up to [`DIRECT_WAIT`]; returns
 /// false if it still is (a peer not connected at all is left to the fetch, which dials).
