@@ -107,6 +107,11 @@ fn a_submitter_behind_one_nat_coordinates_volunteers_behind_another() {
         .sum();
     println!("{}: {punched} hole punch(es) made a direct connection", t());
     assert!(punched >= 1, "no hole was punched, yet the blobs arrived");
+    // The two volunteers share a LAN and dial back each other's 10.x addresses: that
+    // proves nothing about the internet, so they stay relayed, not public.
+    for v in &farm.volunteers {
+        assert_eq!(status_of(v, "reachability"), "relayed", "{}", v.name);
+    }
 }
 
 /// Behind a NAT that gives every connection a new port (a symmetric NAT), no hole can be

@@ -648,4 +648,32 @@ mod tests {
         // Under the cap, nothing more goes.
         assert_eq!(store.collect(2500, |_| false).unwrap().removed, 0);
     }
+
+    #[test]
+    fn a_blob_used_while_collection_runs_is_kept() {
+        let (_dir, store) = store();
+        let h = store.import_bytes(&[7; 1000]).unwrap();
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        File::options()
+            .write(true)
+            .open(store.path(&h))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // The listing saw it unused for ages; a submission uses it before it is removed
+        // (here: inside the first question), and the second question sees that.
+        let asked = std::cell::Cell::new(0);
+        let done = store
+            .collect(0, |e| {
+                asked.set(asked.get() + 1);
+                if asked.get() == 1 {
+                    store.touch(&e.hash);
+                    return false;
+                }
+                e.used > old
+            })
+            .unwrap();
+        assert_eq!(done.removed, 0);
+        assert!(store.has(&h));
+    }
 }
