@@ -35,19 +35,29 @@ fn relayed_addr(node: &Node) -> Option<String> {
         .map(str::to_string)
 }
 
-#[test]
-fn a_submitter_behind_one_nat_coordinates_volunteers_behind_another() {
-    let Some(mut net) = Net::new() else { return };
-    let relay_host = net.public_host("relay");
+/// The networks and the farm: a relay on the public network, the submitter behind a home
+/// NAT of its own, `volunteers` volunteers behind another home NAT of kind `nat`. `None`:
+/// no namespaces here (not root).
+fn farm_across_nats(nat: Nat, volunteers: usize) -> Option<(Net, Farm)> {
+    let mut net = Net::new()?;
+    let relay = net.public_host("relay");
     let mut home_a = net.home("a", Nat::Masquerade);
-    let mut home_b = net.home("b", Nat::Masquerade);
+    let mut home_b = net.home("b", nat);
     let submitter = net.host_in(&mut home_a, "sub");
-    let volunteers = (1..=2)
+    let hosts = (1..=volunteers)
         .map(|i| net.host_in(&mut home_b, &format!("v{i}")))
         .collect();
+    let farm = Farm::start_behind_nat("tiny-x86_64", relay, submitter, hosts);
+    Some((net, farm))
+}
+
+#[test]
+fn a_submitter_behind_one_nat_coordinates_volunteers_behind_another() {
     let start = Instant::now();
     let t = || format!("{:5.1} s", start.elapsed().as_secs_f64());
-    let farm = Farm::start_behind_nat("tiny-x86_64", relay_host, submitter, volunteers);
+    let Some((_net, farm)) = farm_across_nats(Nat::Masquerade, 2) else {
+        return;
+    };
     let relay = farm.relay.as_ref().unwrap();
     println!(
         "{}: farm up: every node heard the others through the relay",
@@ -122,13 +132,9 @@ fn a_submitter_behind_one_nat_coordinates_volunteers_behind_another() {
 /// the rule keeps it off the relay.)
 #[test]
 fn behind_a_symmetric_nat_no_blob_moves_over_the_relay() {
-    let Some(mut net) = Net::new() else { return };
-    let relay_host = net.public_host("relay");
-    let mut home_a = net.home("a", Nat::Masquerade);
-    let mut strict = net.home("s", Nat::Random);
-    let submitter = net.host_in(&mut home_a, "sub");
-    let v = net.host_in(&mut strict, "v1");
-    let farm = Farm::start_behind_nat("tiny-x86_64", relay_host, submitter, vec![v]);
+    let Some((_net, farm)) = farm_across_nats(Nat::Random, 1) else {
+        return;
+    };
     let volunteer = &farm.volunteers[0];
     volunteer.give_image("tiny-x86_64");
     poll(90, "the submitter to reserve a slot on the relay", || {

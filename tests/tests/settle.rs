@@ -415,7 +415,7 @@ fn late_volunteer_settles_within_seconds() {
     // An observer (volunteer A, which does not coordinate the job) hears the settlement
     // and the results it names on gossip, and reaches the same verdict on its own.
     let observer = &farm.volunteers[0];
-    let seen = poll(30, "volunteer A verifies the settled job", || {
+    let seen = poll(60, "volunteer A verifies the settled job", || {
         let out = observer.barn(&["verify", "--json", &w.id]);
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         (out.status.code() == Some(0) && v["verdict"]["verdict"] == "reproducible").then_some(v)
@@ -612,6 +612,16 @@ fn coordinator_killed_mid_job(back: Back) {
     w.name(&a, "A");
     w.name(&b, "B");
     both_running(&farm, &mut w, &a, &b);
+    // A lease is `running` from the first heartbeat, which comes while the volunteer still
+    // fetches the image from the coordinator: kill it only once both have the image (under
+    // load the fetch takes seconds, and a fetch cut by the kill fails the replica).
+    poll(BUILD_SECS, "A and B to have the job's image", || {
+        farm.volunteers
+            .iter()
+            .all(|v| v.status()["images"].get("tiny-x86_64").is_some())
+            .then_some(())
+    });
+    w.mark("A and B have the image");
     let addr = farm.submitter.multiaddr();
     let pid = farm.submitter.pid();
     farm.submitter.kill_hard();

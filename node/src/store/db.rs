@@ -564,14 +564,11 @@ impl Db {
     /// the results and leases stored with it.
     pub fn forget_job(&mut self, id: &JobId) -> Result<(), DbError> {
         let tx = self.conn.transaction()?;
-        for sql in [
-            "DELETE FROM results WHERE job_id = ?1",
-            "DELETE FROM leases WHERE job_id = ?1",
-            "DELETE FROM votes WHERE job_id = ?1",
+        delete_rows_of(&tx, id)?;
+        tx.execute(
             "DELETE FROM jobs WHERE id = ?1 AND coordinated = 0",
-        ] {
-            tx.execute(sql, params![id.0.as_bytes()])?;
-        }
+            params![id.0.as_bytes()],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -604,14 +601,11 @@ impl Db {
         if open {
             return Ok(false);
         }
-        for sql in [
-            "DELETE FROM results WHERE job_id = ?1",
-            "DELETE FROM leases WHERE job_id = ?1",
-            "DELETE FROM votes WHERE job_id = ?1",
+        delete_rows_of(&tx, id)?;
+        tx.execute(
             "DELETE FROM outbox WHERE job_id = ?1",
-        ] {
-            tx.execute(sql, params![id.0.as_bytes()])?;
-        }
+            params![id.0.as_bytes()],
+        )?;
         let n = tx.execute("DELETE FROM jobs WHERE id = ?1", params![id.0.as_bytes()])?;
         tx.commit()?;
         Ok(n == 1)
@@ -814,6 +808,18 @@ pub(super) fn node_col(column: &'static str, bytes: &[u8]) -> Result<NodeId, DbE
     barn_protocol::identity::PublicKey::from_bytes(bytes)
         .map(NodeId)
         .map_err(|e| bad(column, e))
+}
+
+/// Deletes what is stored with job `id` (results, leases, votes), not the job itself.
+fn delete_rows_of(tx: &rusqlite::Transaction<'_>, id: &JobId) -> Result<(), DbError> {
+    for sql in [
+        "DELETE FROM results WHERE job_id = ?1",
+        "DELETE FROM leases WHERE job_id = ?1",
+        "DELETE FROM votes WHERE job_id = ?1",
+    ] {
+        tx.execute(sql, params![id.0.as_bytes()])?;
+    }
+    Ok(())
 }
 
 pub(super) fn to_sql_time(t: u64) -> Result<i64, DbError> {
