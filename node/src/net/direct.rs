@@ -47,12 +47,6 @@ impl Paths {
         }
     }
 
-    /// Whether a direct connection to `peer` is open.
-    pub fn direct(&self, peer: &PeerId) -> bool {
-        let map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(peer).is_some_and(|(d, _)| *d > 0)
-    }
-
     /// Whether `peer` is connected only through a relay.
     pub fn relayed_only(&self, peer: &PeerId) -> bool {
         let map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,21 +83,12 @@ impl<B> DirectOnly<B> {
     pub fn paths(&self) -> Paths {
         self.paths.clone()
     }
-
-    pub fn inner(&self) -> &B {
-        &self.inner
-    }
 }
 
 impl DirectOnly<libp2p_stream::Behaviour> {
     /// A handle that opens and accepts blob streams (on direct connections).
     pub fn new_control(&self) -> libp2p_stream::Control {
         self.inner.new_control()
-    }
-
-    /// Relayed connections open now.
-    pub fn relayed(&self) -> usize {
-        self.relayed.len()
     }
 }
 
