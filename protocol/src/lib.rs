@@ -21,6 +21,7 @@
 
 pub mod cbor;
 pub mod envelope;
+pub mod groups;
 pub mod guest;
 pub mod hash;
 pub mod identity;

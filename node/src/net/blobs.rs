@@ -1,13 +1,21 @@
-//! Blob transfer over `libp2p-stream`, protocol `/barn/blob/1`: sources, outputs, logs and
-//! images go peer to peer in constant memory, resumably, and are verified before they
-//! enter the store.
+//! Blob transfer over `libp2p-stream`, protocol `/barn/blob/2`: sources, outputs, logs and
+//! images go peer to peer in constant memory, resumably, and are verified 1 MiB at a time
+//! as they arrive (BLAKE3 verified streaming, [`barn_protocol::groups`]).
 //!
 //! ```text
 //! fetcher → server:  u32 BE length, CBOR BlobRequest { hash, offset }     (≤ 128 bytes)
+//!                      offset: a multiple of 1 MiB, at most the size
 //! server → fetcher:  u32 BE length, CBOR Header                           (≤ 1 KiB)
-//!                      Ok { size }  → then exactly size − offset raw bytes, then close
+//!                      Ok { size }  → then u32 BE length, the group values
+//!                                     (32 bytes per MiB, one for a blob ≤ 1 MiB),
+//!                                     then exactly size − offset raw bytes, then close
 //!                      NotFound | Error(reason) → close
 //! ```
+//!
+//! The fetcher checks that the group values merge to the hash it asked for before it
+//! takes a byte, then checks each group when its last byte arrives: a peer sending bad
+//! bytes is cut off within one group ([`FetchErrorKind::BadGroup`]), and the whole groups
+//! already checked stay in the partial file for the next holder to continue from.
 //!
 //! [`serve`] accepts inbound streams and answers each from the [`BlobStore`] within
 //! [`ServeLimits`]: a stream must send its request within 5 s and holds nothing else
@@ -31,6 +39,7 @@ use std::time::Duration;
 
 use barn_protocol::ContentHash;
 use barn_protocol::cbor;
+use barn_protocol::groups::{self, GROUP, Groups, GroupsError};
 use barn_protocol::message::BlobRequest;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
@@ -43,7 +52,7 @@ use tracing::Instrument;
 use crate::store::{BlobError, BlobStore, BlobWriter};
 
 /// The stream protocol name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/barn/blob/1");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/barn/blob/2");
 /// Concurrent transfers a node serves by default.
 pub const DEFAULT_MAX_TRANSFERS: usize = 8;
 /// Concurrent transfers one peer gets by default.
@@ -106,6 +115,13 @@ pub enum FetchErrorKind {
     Truncated { got: u64, expected: u64 },
     #[error("the content hashes to {actual}; discarded")]
     Mismatch { actual: ContentHash },
+    #[error("the peer's group values do not fit the blob")]
+    BadValues(#[source] GroupsError),
+    #[error(
+        "group {index} (bytes {start}..{end}) does not match its value: the peer sent bad bytes \
+         and was cut off; the groups before it are kept"
+    )]
+    BadGroup { index: u64, start: u64, end: u64 },
     #[error("the local blob store failed")]
     Store(#[source] BlobError),
 }
@@ -388,7 +404,32 @@ async fn answer(
         let reason = format!("offset {} is past the end ({size} bytes)", req.offset);
         return Ok(send_header(stream, &Header::Error(reason)).await?);
     }
+    if !req.offset.is_multiple_of(GROUP) {
+        let reason = format!("offset {} is not a multiple of {GROUP}", req.offset);
+        return Ok(send_header(stream, &Header::Error(reason)).await?);
+    }
+    let values = {
+        let (store, hash) = (store.clone(), req.hash);
+        tokio::task::spawn_blocking(move || store.groups(&hash)).await
+    };
+    let values = match values {
+        Ok(Ok(groups)) => groups.encode(),
+        Ok(Err(e @ BlobError::Mismatch { .. })) => {
+            // The copy here rotted: never serve it, and let it be fetched again.
+            tracing::warn!(hash = %req.hash.short(), "a stored blob is damaged ({e}); removed");
+            let _ = store.remove(&req.hash);
+            let header = Header::Error("the copy here is damaged".into());
+            return Ok(send_header(stream, &header).await?);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(hash = %req.hash.short(), "failed to hash the blob's groups: {e}");
+            let header = Header::Error("cannot read the blob".into());
+            return Ok(send_header(stream, &header).await?);
+        }
+        Err(e) => return Err(Ended::Io(io::Error::other(e.to_string()))),
+    };
     send_header(stream, &Header::Ok { size }).await?;
+    stalled(write_frame(stream, &values)).await??;
     file.seek(io::SeekFrom::Start(req.offset)).await?;
 
     let start = tokio::time::Instant::now();
@@ -506,12 +547,18 @@ async fn fetch_inner(
             "answered offset {offset} with a blob of {size} bytes"
         )));
     }
+    let values_limit = groups::count(size) as usize * groups::VALUE_LEN;
+    let values = stalled_fetch(read_frame(&mut stream, values_limit))
+        .await?
+        .map_err(FetchErrorKind::Io)?;
+    let values = Groups::decode(&values, size, &hash).map_err(FetchErrorKind::BadValues)?;
     tracing::debug!(size, offset, "receiving blob");
 
-    // The network side reads; a blocking thread writes and hashes.
+    // The network side reads; a blocking thread checks each group, writes and hashes.
     let (tx, rx) = mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let disk = tokio::task::spawn_blocking(move || write_chunks(writer, rx, done_rx, hash));
+    let disk =
+        tokio::task::spawn_blocking(move || write_chunks(writer, rx, done_rx, hash, &values));
 
     let received = receive(&mut stream, size - offset, &tx).await;
     if received.is_ok() {
@@ -586,16 +633,46 @@ async fn receive(
     Ok(())
 }
 
-/// The writer thread: appends chunks, and finishes (verifies and renames) only when told
-/// the content is complete; otherwise the partial file stays for a later resume.
+/// The writer thread: gathers each group, appends it once it matches its value (a group
+/// that does not ends the transfer), and finishes (verifies the whole and renames) only
+/// when told the content is complete; otherwise the partial file keeps the whole groups
+/// for a later resume.
 fn write_chunks(
     mut writer: BlobWriter,
     mut rx: mpsc::Receiver<Vec<u8>>,
     mut done: tokio::sync::oneshot::Receiver<()>,
     hash: ContentHash,
+    values: &Groups,
 ) -> Result<(), FetchErrorKind> {
+    let size = values.size();
+    let mut index = writer.offset() / GROUP;
+    let mut group = Vec::with_capacity(groups::len_of(size, index) as usize);
     while let Some(chunk) = rx.blocking_recv() {
-        writer.write_chunk(&chunk).map_err(FetchErrorKind::Store)?;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let len = groups::len_of(size, index) as usize;
+            let take = (len - group.len()).min(rest.len());
+            if take == 0 {
+                return Err(FetchErrorKind::Protocol(
+                    "more bytes than the blob has".into(),
+                ));
+            }
+            group.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if group.len() == len {
+                if !values.check(index, &group) {
+                    let start = index * GROUP;
+                    return Err(FetchErrorKind::BadGroup {
+                        index,
+                        start,
+                        end: start + len as u64,
+                    });
+                }
+                writer.write_chunk(&group).map_err(FetchErrorKind::Store)?;
+                group.clear();
+                index += 1;
+            }
+        }
     }
     if done.try_recv().is_err() {
         return Ok(()); // interrupted: dropping the writer keeps the partial file
@@ -655,7 +732,10 @@ mod tests {
     use super::*;
 
     /// One request served over an in-memory duplex pipe, without a swarm.
-    async fn serve_over_pipe(store: &BlobStore, req: &BlobRequest) -> (Header, Vec<u8>) {
+    async fn serve_over_pipe(
+        store: &BlobStore,
+        req: &BlobRequest,
+    ) -> (Header, Option<Vec<u8>>, Vec<u8>) {
         use tokio_util_compat::Compat;
         let (client, server) = tokio::io::duplex(64 * 1024);
         let store2 = store.clone();
@@ -666,10 +746,14 @@ mod tests {
         write_frame(&mut client, &cbor::to_vec(req)).await.unwrap();
         let header = read_frame(&mut client, MAX_HEADER).await.unwrap();
         let header: Header = cbor::from_slice(&header, MAX_HEADER).unwrap();
+        let values = match header {
+            Header::Ok { .. } => Some(read_frame(&mut client, 1 << 20).await.unwrap()),
+            _ => None,
+        };
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         server.await.unwrap();
-        (header, rest)
+        (header, values, rest)
     }
 
     /// A minimal tokio → futures I/O adapter for the pipe tests.
@@ -724,39 +808,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn serves_from_an_offset_and_names_what_is_missing() {
+    async fn serves_group_values_and_bytes_from_a_group_and_names_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let size = 2 * GROUP + GROUP / 2;
+        let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
         let hash = store.import_bytes(&data).unwrap();
 
-        let (header, rest) = serve_over_pipe(&store, &BlobRequest { hash, offset: 0 }).await;
-        assert_eq!(header, Header::Ok { size: 100_000 });
+        let (header, values, rest) =
+            serve_over_pipe(&store, &BlobRequest { hash, offset: 0 }).await;
+        assert_eq!(header, Header::Ok { size });
+        let values = Groups::decode(&values.unwrap(), size, &hash).unwrap();
+        assert_eq!(values.len(), 3);
         assert!(rest == data, "whole blob served");
 
-        let (header, rest) = serve_over_pipe(
+        let (header, _, rest) = serve_over_pipe(
             &store,
             &BlobRequest {
                 hash,
-                offset: 99_000,
+                offset: GROUP,
             },
         )
         .await;
-        assert_eq!(header, Header::Ok { size: 100_000 });
-        assert!(rest == data[99_000..], "tail served");
+        assert_eq!(header, Header::Ok { size });
+        assert!(rest == data[GROUP as usize..], "tail served");
 
-        let (header, _) = serve_over_pipe(
-            &store,
-            &BlobRequest {
-                hash,
-                offset: 100_001,
-            },
-        )
-        .await;
-        assert!(matches!(header, Header::Error(r) if r.contains("past the end")));
+        for (offset, says) in [(99_000, "not a multiple"), (3 * GROUP, "past the end")] {
+            let (header, _, _) = serve_over_pipe(&store, &BlobRequest { hash, offset }).await;
+            assert!(
+                matches!(&header, Header::Error(r) if r.contains(says)),
+                "{header:?}"
+            );
+        }
 
         let missing = ContentHash::of(b"missing");
-        let (header, _) = serve_over_pipe(
+        let (header, _, _) = serve_over_pipe(
             &store,
             &BlobRequest {
                 hash: missing,

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use barn_protocol::groups::GROUP;
 use barn_protocol::limits::{MAX_REQUEST, MAX_RESPONSE};
 use barn_protocol::{ContentHash, SecretKey};
 use futures::StreamExt;
@@ -371,13 +372,16 @@ async fn blobs_are_fetched_and_verified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tampered_blob_is_rejected_and_nothing_lands() {
+async fn bad_bytes_are_cut_off_within_one_group_and_the_good_groups_kept() {
     let mut p = blob_pair().await;
-    let data = sample(2 * 1024 * 1024);
+    let mib = GROUP as usize;
+    let data = sample(8 * mib + 100);
     let hash = p.a_store.import_bytes(&data).unwrap();
-    // The serving node's copy rots (or its owner lies): same length, one byte changed.
+    // The serving node lies (or its copy rotted after its group values were cached): the
+    // right values, then bytes with one changed in the fourth group.
+    p.a_store.groups(&hash).unwrap();
     let mut bad = data.clone();
-    bad[1_000_000] ^= 0xff;
+    bad[3 * mib + mib / 2] ^= 0xff;
     std::fs::write(p.a_store.path(&hash), &bad).unwrap();
 
     let err = within(blobs::fetch(
@@ -390,13 +394,57 @@ async fn tampered_blob_is_rejected_and_nothing_lands() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err.kind, FetchErrorKind::Mismatch { actual } if actual == ContentHash::of(&bad)),
+        matches!(err.kind, FetchErrorKind::BadGroup { index: 3, .. }),
         "{err:?}"
     );
     assert_eq!((err.peer, err.hash), (p.a_id, hash));
     assert!(err.to_string().contains(&hash.to_string()));
     assert!(!p.b_store.has(&hash));
-    assert!(leftovers(&p.b_store).is_empty(), "no partial file is kept");
+    // The three groups before the bad one were checked and stay.
+    let partial = std::fs::metadata(p.b_store.partial_path(&hash)).unwrap();
+    assert_eq!(partial.len(), 3 * GROUP);
+
+    // An honest copy: the download goes on from the fourth group.
+    std::fs::write(p.a_store.path(&hash), &data).unwrap();
+    within(blobs::fetch(
+        &mut p.b_control,
+        p.a_id,
+        hash,
+        &p.b_store,
+        LIMIT,
+    ))
+    .await
+    .unwrap();
+    assert!(p.b_store.has(&hash));
+    assert!(leftovers(&p.b_store).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_copy_rotted_refuses_to_serve_it_and_drops_it() {
+    let mut p = blob_pair().await;
+    for len in [500_000, 3 * GROUP as usize] {
+        let data = sample(len);
+        let hash = p.a_store.import_bytes(&data).unwrap();
+        let mut bad = data.clone();
+        bad[1000] ^= 1;
+        std::fs::write(p.a_store.path(&hash), &bad).unwrap();
+        let err = within(blobs::fetch(
+            &mut p.b_control,
+            p.a_id,
+            hash,
+            &p.b_store,
+            LIMIT,
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err.kind, FetchErrorKind::Remote(r) if r.contains("damaged")),
+            "{err:?}"
+        );
+        assert!(!p.a_store.has(&hash), "the damaged copy is removed");
+        assert!(!p.b_store.has(&hash));
+        assert!(leftovers(&p.b_store).is_empty(), "no partial file is kept");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,10 +466,11 @@ async fn fetch_resumes_a_partial_download() {
     assert!(p.b_store.has(&hash));
     assert!(leftovers(&p.b_store).is_empty());
 
-    // A partial file holding wrong bytes fails verification once, then is gone.
-    let other = sample(100_000);
+    // A partial file holding wrong bytes (the disk rotted) fails verification once, then
+    // is gone.
+    let other = sample(2 * 1024 * 1024 + 1);
     let other_hash = p.a_store.import_bytes(&other).unwrap();
-    std::fs::write(p.b_store.partial_path(&other_hash), b"not the start").unwrap();
+    std::fs::write(p.b_store.partial_path(&other_hash), vec![0u8; 1024 * 1024]).unwrap();
     let err = within(blobs::fetch(
         &mut p.b_control,
         p.a_id,

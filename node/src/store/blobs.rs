@@ -5,6 +5,8 @@
 //! <dir>/ab/ab12…ef          a finished blob, fanned out by the first two hex digits
 //! <dir>/tmp/<random>.tmp    an anonymous write in progress (deleted on drop)
 //! <dir>/tmp/<hex>.partial   a resumable download of a known hash (kept on drop)
+//! <dir>/groups/<hex>        the 1 MiB group values of a blob over 1 MiB, made when it
+//!                           is first served (see `barn_protocol::groups`)
 //! ```
 //!
 //! Nothing enters the store unverified: a [`BlobWriter`] hashes while it writes and only
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use barn_protocol::ContentHash;
+use barn_protocol::groups::{self, Groups};
 
 /// Why a blob operation failed. Every variant names the hash or the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +80,7 @@ pub struct BlobStore {
 struct Inner {
     dir: PathBuf,
     tmp: PathBuf,
+    groups: PathBuf,
     /// Hashes with a resumable writer open, so two downloads never append to one file.
     writing: Mutex<HashSet<ContentHash>>,
 }
@@ -86,11 +90,15 @@ impl BlobStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, BlobError> {
         let dir = dir.into();
         let tmp = dir.join("tmp");
-        fs::create_dir_all(&tmp).map_err(BlobError::io("create blob directory", &tmp))?;
+        let groups = dir.join("groups");
+        for d in [&tmp, &groups] {
+            fs::create_dir_all(d).map_err(BlobError::io("create blob directory", d))?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 dir,
                 tmp,
+                groups,
                 writing: Mutex::new(HashSet::new()),
             }),
         })
@@ -152,14 +160,51 @@ impl BlobStore {
         writer.finish(None)
     }
 
-    /// Removes a blob (absent is fine).
+    /// Removes a blob and its group values (absent is fine).
     pub fn remove(&self, hash: &ContentHash) -> Result<(), BlobError> {
+        let _ = fs::remove_file(self.groups_path(hash));
         let path = self.path(hash);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(BlobError::io("remove blob", &path)(e)),
         }
+    }
+
+    fn groups_path(&self, hash: &ContentHash) -> PathBuf {
+        self.inner.groups.join(hash.to_hex())
+    }
+
+    /// The 1 MiB group values of a blob, for verified streaming: read from the cache
+    /// beside the store, or computed (one pass over the blob, blocking) and cached. A
+    /// cache file that does not merge to the blob's hash is computed again.
+    pub fn groups(&self, hash: &ContentHash) -> Result<Groups, BlobError> {
+        let size = self.size(hash)?;
+        let cached = self.groups_path(hash);
+        if groups::count(size) > 1
+            && let Ok(bytes) = fs::read(&cached)
+            && let Ok(groups) = Groups::decode(&bytes, size, hash)
+        {
+            return Ok(groups);
+        }
+        let path = self.path(hash);
+        let file = self.open_read(hash)?;
+        let groups = Groups::of_reader(io::BufReader::new(file))
+            .map_err(BlobError::io("read blob", &path))?;
+        if groups.root() != *hash {
+            return Err(BlobError::Mismatch {
+                expected: *hash,
+                actual: groups.root(),
+            });
+        }
+        if groups.len() > 1 {
+            // Written whole or not at all; a failure only costs the next serve a pass.
+            let temp = self.inner.tmp.join(format!("{}.groups.tmp", hash.to_hex()));
+            if fs::write(&temp, groups.encode()).is_ok() {
+                let _ = fs::rename(&temp, &cached);
+            }
+        }
+        Ok(groups)
     }
 
     /// Marks the blob as used now (its modification time), for least-recently-used
@@ -316,7 +361,8 @@ impl BlobWriter {
     }
 
     /// A writer for the blob `hash`, continuing the partial file an earlier, interrupted
-    /// download left (the bytes already there are re-hashed). Fails with
+    /// download left: its whole 1 MiB groups are kept and re-hashed, a last incomplete
+    /// group (never checked against its value) is cut off. Fails with
     /// [`BlobError::Busy`] while another writer for the same hash is open.
     pub fn resume(store: &BlobStore, hash: ContentHash) -> Result<Self, BlobError> {
         store.claim(hash)?;
@@ -337,6 +383,12 @@ impl BlobWriter {
             .create(true)
             .open(&temp)
             .map_err(BlobError::io("open partial file", &temp))?;
+        let had = file
+            .metadata()
+            .map_err(BlobError::io("read partial file", &temp))?
+            .len();
+        file.set_len(had / groups::GROUP * groups::GROUP)
+            .map_err(BlobError::io("cut partial file", &temp))?;
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut len = 0u64;
@@ -563,14 +615,16 @@ mod tests {
     }
 
     #[test]
-    fn resume_continues_a_partial_download() {
+    fn resume_continues_a_partial_download_from_its_last_whole_group() {
         let (_dir, store) = store();
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let group = groups::GROUP as usize;
+        let data: Vec<u8> = (0..5 * group / 2).map(|i| (i % 251) as u8).collect();
         let hash = ContentHash::of(&data);
+        let cut = group + group / 2;
 
         let mut w = BlobWriter::resume(&store, hash).unwrap();
         assert_eq!(w.offset(), 0);
-        w.write_chunk(&data[..70_000]).unwrap();
+        w.write_chunk(&data[..cut]).unwrap();
         // A second download of the same hash must wait.
         assert!(matches!(
             BlobWriter::resume(&store, hash),
@@ -579,12 +633,13 @@ mod tests {
         drop(w); // the connection broke
         assert_eq!(
             fs::metadata(store.partial_path(&hash)).unwrap().len(),
-            70_000
+            cut as u64
         );
 
+        // Half a group was never checked: the download goes on from the whole one.
         let mut w = BlobWriter::resume(&store, hash).unwrap();
-        assert_eq!(w.offset(), 70_000);
-        w.write_chunk(&data[70_000..]).unwrap();
+        assert_eq!(w.offset(), group as u64);
+        w.write_chunk(&data[group..]).unwrap();
         assert_eq!(w.finish(None).unwrap(), hash);
         assert!(store.has(&hash));
         assert!(temp_files(&store).is_empty());
@@ -593,13 +648,40 @@ mod tests {
     }
 
     #[test]
+    fn group_values_are_cached_checked_and_removed_with_the_blob() {
+        let (_dir, store) = store();
+        let data: Vec<u8> = (0..3 * groups::GROUP + 5)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let hash = store.import_bytes(&data).unwrap();
+        let computed = store.groups(&hash).unwrap();
+        assert_eq!(computed.root(), hash);
+        let cached = store.groups_path(&hash);
+        assert_eq!(fs::read(&cached).unwrap(), computed.encode());
+        // A damaged cache is not believed.
+        fs::write(&cached, vec![0u8; computed.encode().len()]).unwrap();
+        assert_eq!(store.groups(&hash).unwrap(), computed);
+        assert_eq!(fs::read(&cached).unwrap(), computed.encode());
+        // Listing skips the cache; removing the blob removes it.
+        assert_eq!(store.list().unwrap().len(), 1);
+        store.remove(&hash).unwrap();
+        assert!(!cached.exists());
+        // One group: its value is the hash, nothing cached.
+        let small = store.import_bytes(b"small").unwrap();
+        assert_eq!(store.groups(&small).unwrap().encode(), small.as_bytes());
+        assert!(!store.groups_path(&small).exists());
+    }
+
+    #[test]
     fn resumed_garbage_is_dropped_on_mismatch() {
         let (_dir, store) = store();
-        let hash = ContentHash::of(b"the real content");
-        fs::write(store.partial_path(&hash), b"garbage").unwrap();
+        let group = groups::GROUP as usize;
+        let real = vec![7u8; 2 * group];
+        let hash = ContentHash::of(&real);
+        fs::write(store.partial_path(&hash), vec![0u8; group]).unwrap();
         let mut w = BlobWriter::resume(&store, hash).unwrap();
-        assert_eq!(w.offset(), 7);
-        w.write_chunk(b" content").unwrap();
+        assert_eq!(w.offset(), group as u64);
+        w.write_chunk(&real[group..]).unwrap();
         assert!(matches!(
             w.finish(None),
             Err(BlobError::Mismatch { expected, .. }) if expected == hash
