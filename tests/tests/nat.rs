@@ -180,3 +180,74 @@ fn behind_a_symmetric_nat_no_blob_moves_over_the_relay() {
     });
     assert_eq!(count("holes_punched"), 0, "a hole through a symmetric NAT?");
 }
+
+/// Blobs come from any holder: a volunteer behind a symmetric NAT, which can never reach
+/// the submitter directly, gets the job's image and source from a volunteer on the public
+/// network that fetched them first and announced them in the DHT (provider records), and
+/// its replica agrees with the public one. Nothing moved over the relay: no hole was
+/// punched for it, and the image is far over a circuit's 128 KiB.
+#[test]
+fn behind_a_symmetric_nat_blobs_come_from_a_holder_it_can_reach() {
+    let start = Instant::now();
+    let t = || format!("{:5.1} s", start.elapsed().as_secs_f64());
+    let Some(mut net) = Net::new() else {
+        return;
+    };
+    let relay = net.public_host("relay");
+    let public = net.public_host("pub");
+    let mut home_a = net.home("a", Nat::Masquerade);
+    let mut home_b = net.home("b", Nat::Random);
+    let submitter = net.host_in(&mut home_a, "sub");
+    let strict = net.host_in(&mut home_b, "v2");
+    let farm = Farm::start_behind_nat("tiny-x86_64", relay, submitter, vec![public, strict]);
+    let (holder, behind) = (&farm.volunteers[0], &farm.volunteers[1]);
+    println!("{}: farm up", t());
+    poll(90, "the submitter to reserve a slot on the relay", || {
+        relayed_addr(&farm.submitter)
+    });
+
+    let p = Project::new(JOB).file("msg.txt", "fetched from another holder\n");
+    let id = farm.submit(&p, 2);
+    let submitted = Instant::now();
+    println!("{}: submitted {id} with 2 replicas", t());
+    let verdict = poll(BUILD_SECS, "the verdict", || {
+        let d = farm.submitter.job(&id)?;
+        d["job"]["verdict"].as_str().map(str::to_string)
+    });
+    println!(
+        "{}: verdict {verdict}, {:.1} s after the submission",
+        t(),
+        submitted.elapsed().as_secs_f64()
+    );
+    let d = farm.submitter.job(&id).unwrap();
+    assert_eq!(verdict, "reproducible", "{d}");
+    let built: Vec<&str> = d["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .filter_map(|r| r["node"].as_str())
+        .collect();
+    for v in [holder, behind] {
+        assert!(
+            built.contains(&v.peer_id().as_str()),
+            "{} built nothing: {d}",
+            v.name
+        );
+    }
+    let log = std::fs::read_to_string(&behind.log).unwrap();
+    let from_holder = format!("peer={}", holder.peer_id());
+    let fetched: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("fetched a blob from another holder") && l.contains(&from_holder))
+        .collect();
+    println!("{}: the volunteer behind the symmetric NAT:", t());
+    for l in &fetched {
+        println!("    {l}");
+    }
+    assert!(
+        fetched.len() >= 2,
+        "the image and the source did not both come from the public volunteer:\n{log}"
+    );
+    assert_eq!(status_of(behind, "holes_punched").as_u64(), Some(0));
+}

@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 
 use super::core::{Acceptance, Core, Effect, Input, MsgRef, ReplyId, ReqId, Topic};
 use super::handle::Command;
+use super::holders::Holders;
 use super::owner::{self, PauseFile};
 use super::sweep;
 use super::work::{self, Internal, WorkOutcome};
@@ -54,6 +55,7 @@ use crate::net::reach::Reach;
 use crate::net::swarm::{TOPIC_ADVERTS, TOPIC_JOBS, TOPIC_RESULTS, TOPIC_SETTLEMENTS, topic};
 use crate::runner::Runner;
 use crate::sched::availability::{self, Conditions};
+use crate::store::BlobChange;
 use crate::store::ImageStore;
 use crate::store::blobs::BlobStore;
 use crate::store::db::Db;
@@ -153,6 +155,10 @@ pub struct Actor {
     pub(super) holes: (u64, u64),
     /// The file sweep in progress (`sweep::sweep_files`), so two never overlap.
     sweeping: Option<tokio::task::JoinHandle<super::sweep::Swept>>,
+    /// Blobs announced as provider records, and lookups of who holds one.
+    pub(super) holders: Holders,
+    /// When announcements no peer heard were last sent again.
+    announced_unheard: Instant,
 }
 
 impl std::fmt::Debug for Actor {
@@ -210,6 +216,8 @@ impl Actor {
             pause_file,
             load_unreadable: false,
             sweeping: None,
+            holders: Holders::default(),
+            announced_unheard: Instant::now(),
             reach,
             dialled: HashMap::new(),
             holes: (0, 0),
@@ -242,6 +250,8 @@ impl Actor {
         cancel: CancellationToken,
     ) -> Result<()> {
         self.cancel = cancel.clone();
+        let mut blob_changes = self.p.blobs.subscribe();
+        self.announce_store().await;
         self.dial_remembered();
         self.update_availability().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -285,11 +295,29 @@ impl Actor {
                     Internal::Progress { job, phase, log_bytes } => {
                         self.feed(Input::Progress { job, phase, log_bytes }).await
                     }
+                    Internal::FindHolders { hash, reply } => {
+                        let kad = &mut self.p.swarm.behaviour_mut().kad;
+                        self.holders.find(kad, &hash, reply);
+                    }
+                    Internal::BadBytes { peer, hash } => {
+                        warn!(%peer, hash = %hash.short(), "a peer sent bytes that fail their hash: disconnected and banned for {:?}", crate::net::ratelimit::BAN);
+                        self.limits.ban(peer, Instant::now());
+                        self.count_peer_rejection("bad_blob_bytes");
+                        let _ = self.p.swarm.disconnect_peer_id(peer);
+                    }
                 },
+                Some(change) = blob_changes.recv() => {
+                    let kad = &mut self.p.swarm.behaviour_mut().kad;
+                    match change {
+                        BlobChange::Added(hash) => self.holders.added(kad, hash),
+                        BlobChange::Removed(hash) => self.holders.removed(kad, &hash),
+                    }
+                }
                 Some(cmd) = commands.recv() => self.on_command(cmd).await,
                 // Timers before network events: a flood of gossip must not delay lease
                 // expiry or heartbeats.
                 _ = tick.tick() => {
+                    self.announce_unheard();
                     self.keep_connected();
                     self.reserve_on_relays();
                     self.update_availability().await;
@@ -316,9 +344,45 @@ impl Actor {
         Ok(())
     }
 
+    /// Announces every blob in the store (most recently used first, up to
+    /// [`holders::MAX_PROVIDED`](super::holders::MAX_PROVIDED)): at start, and when store
+    /// changes were missed.
+    async fn announce_store(&mut self) {
+        let store = self.p.blobs.clone();
+        let listed = tokio::task::spawn_blocking(move || store.list()).await;
+        let entries = match listed {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(e)) => return warn!("cannot list the blob store to announce it: {e}"),
+            Err(e) => return warn!("cannot list the blob store to announce it: {e}"),
+        };
+        let kad = &mut self.p.swarm.behaviour_mut().kad;
+        for e in entries.iter().rev() {
+            self.holders.added(kad, e.hash);
+        }
+        debug!(
+            announced = self.holders.provided(),
+            "blobs announced to the DHT"
+        );
+    }
+
+    /// Announces again, every 30 s while there are peers, what no peer heard.
+    fn announce_unheard(&mut self) {
+        if self.holders.has_unheard()
+            && self.announced_unheard.elapsed() >= Duration::from_secs(30)
+            && self.p.swarm.connected_peers().next().is_some()
+        {
+            self.announced_unheard = Instant::now();
+            self.holders
+                .announce_unheard(&mut self.p.swarm.behaviour_mut().kad);
+        }
+    }
+
     /// Bounded storage: forgets finished jobs past `node.retention`, then (off the loop)
     /// removes their work folders, stale temporary files and blobs over `node.max_store`.
     async fn sweep(&mut self) {
+        if self.p.blobs.take_missed() {
+            self.announce_store().await;
+        }
         if self.sweeping.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
@@ -493,8 +557,7 @@ impl Actor {
             blobs: self.p.blobs.clone(),
             images: self.p.images.clone(),
             runner: self.p.runner.clone(),
-            control: self.p.control.clone(),
-            paths: self.p.paths.clone(),
+            fetcher: self.fetcher(),
             accel: self.p.accel,
             out_dir: self.p.dirs.data.join("jobs").join(job.0.to_hex()),
             internal: self.internal_tx.clone(),
@@ -696,6 +759,21 @@ impl Actor {
                     debug!("a listener closed: {e}");
                 }
                 self.reach.listener_closed(listener_id, Instant::now());
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => {
+                let me = *self.p.swarm.local_peer_id();
+                if let Some((query, holders, reply)) = self.holders.on_event(&e, &me) {
+                    // Dial the holders while the query still knows their addresses.
+                    for peer in &holders {
+                        if !self.p.swarm.is_connected(peer) {
+                            let _ = self.p.swarm.dial(*peer);
+                        }
+                    }
+                    if let Some(mut q) = self.p.swarm.behaviour_mut().kad.query_mut(&query) {
+                        q.finish();
+                    }
+                    let _ = reply.send(holders);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => match e.result {
                 Ok(()) => {
@@ -1022,7 +1100,6 @@ impl Actor {
         node: Option<String>,
         reply: oneshot::Sender<Result<FetchResponse, String>>,
     ) {
-        let blobs = self.p.blobs.clone();
         let peers: Vec<PeerId> = match node {
             Some(n) => match n.parse::<PeerId>() {
                 Ok(p) => vec![p],
@@ -1039,13 +1116,10 @@ impl Actor {
             }
         }
         let local = *self.p.swarm.local_peer_id();
-        let control = self.p.control.clone();
-        let paths = self.p.paths.clone();
+        let fetcher = self.fetcher();
         tokio::spawn(async move {
             let result = work::fetch_from_any(
-                control,
-                &paths,
-                &blobs,
+                &fetcher,
                 hash,
                 peers.into_iter().filter(|p| *p != local).collect(),
                 work::MAX_IMAGE,
@@ -1056,6 +1130,16 @@ impl Actor {
                 size,
             }));
         });
+    }
+
+    /// What a fetch needs, for a task off the loop.
+    fn fetcher(&self) -> work::Fetcher {
+        work::Fetcher {
+            control: self.p.control.clone(),
+            paths: self.p.paths.clone(),
+            store: self.p.blobs.clone(),
+            internal: self.internal_tx.clone(),
+        }
     }
 
     // ---- accessors for views ----

@@ -13,6 +13,7 @@
 pub mod actor;
 pub mod core;
 pub mod handle;
+mod holders;
 pub mod owner;
 mod sweep;
 mod views;

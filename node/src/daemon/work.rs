@@ -6,6 +6,7 @@
 //! coordinator frees the replica for another node at once instead of waiting for the
 //! lease to lapse.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,13 @@ pub enum Internal {
         phase: Phase,
         log_bytes: u64,
     },
+    /// Look up who else holds a blob (Kademlia provider records).
+    FindHolders {
+        hash: ContentHash,
+        reply: tokio::sync::oneshot::Sender<Vec<PeerId>>,
+    },
+    /// A peer sent bytes that failed their hash: cut it off.
+    BadBytes { peer: PeerId, hash: ContentHash },
 }
 
 /// What a job task needs.
@@ -45,9 +53,8 @@ pub struct Context {
     pub blobs: BlobStore,
     pub images: ImageStore,
     pub runner: Runner,
-    pub control: libp2p_stream::Control,
-    /// How this node is connected to each peer (blobs need a direct connection).
-    pub paths: crate::net::direct::Paths,
+    /// Fetches the job's source and image from any holder.
+    pub fetcher: Fetcher,
     pub accel: Accel,
     pub out_dir: PathBuf,
     pub internal: mpsc::Sender<Internal>,
@@ -172,17 +179,11 @@ async fn execute(
             job.source_size
         );
     }
-    let (source, size) = fetch_from_any(
-        ctx.control.clone(),
-        &ctx.paths,
-        &ctx.blobs,
-        job.source,
-        vec![coordinator],
-        job.source_size,
-    )
-    .await
-    .map_err(anyhow::Error::msg)
-    .context("failed to fetch the source")?;
+    let (source, size) =
+        fetch_from_any(&ctx.fetcher, job.source, vec![coordinator], job.source_size)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("failed to fetch the source")?;
     if size != job.source_size {
         bail!(
             "the source is {size} bytes, the job says {}",
@@ -192,17 +193,11 @@ async fn execute(
     let image = match ctx.images.get(&job.image_hash)? {
         Some(i) => i,
         None => {
-            let (tar, _) = fetch_from_any(
-                ctx.control.clone(),
-                &ctx.paths,
-                &ctx.blobs,
-                job.image_hash,
-                vec![coordinator],
-                MAX_IMAGE,
-            )
-            .await
-            .map_err(anyhow::Error::msg)
-            .context("failed to fetch the image")?;
+            let (tar, _) =
+                fetch_from_any(&ctx.fetcher, job.image_hash, vec![coordinator], MAX_IMAGE)
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .context("failed to fetch the image")?;
             let images = ctx.images.clone();
             let want = job.image_hash;
             tokio::task::spawn_blocking(move || images.import_tar(&tar, &want)).await??
@@ -318,37 +313,63 @@ fn alter_outputs(
     Ok(())
 }
 
-/// Fetches blob `hash` from the first of `peers` that has it (a few tries each, since a
-/// fresh connection may still be coming up); returns its path in the store and its size.
+/// What a fetch needs besides the blob's name: the stream control, how each peer is
+/// connected, the store, and the actor (to look up holders and report liars).
+#[derive(Clone)]
+pub struct Fetcher {
+    pub control: libp2p_stream::Control,
+    pub paths: crate::net::direct::Paths,
+    pub store: BlobStore,
+    pub internal: mpsc::Sender<Internal>,
+}
+
+/// Rounds of asking every holder before a fetch gives up.
+const FETCH_ROUNDS: u32 = 3;
+/// How long a fetch waits for the holders lookup.
+const LOOKUP_WAIT: Duration = Duration::from_secs(15);
+
+/// Fetches blob `hash` from any holder: `known` first (the coordinator of a job, whose
+/// blobs these are), then every peer the provider records name, directly connected peers
+/// before those reached through a relay. A round asks each once; a fresh connection may
+/// still be coming up, so there are [`FETCH_ROUNDS`], each looking up holders again. A
+/// peer that sends bytes failing their hash is never asked again and is reported; the
+/// groups already checked stay, so the next holder continues from there. Returns the
+/// blob's path in the store and its size.
 pub async fn fetch_from_any(
-    mut control: libp2p_stream::Control,
-    paths: &crate::net::direct::Paths,
-    store: &BlobStore,
+    f: &Fetcher,
     hash: ContentHash,
-    peers: Vec<PeerId>,
+    known: Vec<PeerId>,
     max_size: u64,
 ) -> Result<(PathBuf, u64), String> {
+    let store = &f.store;
     if store.has(&hash) {
         let size = store.size(&hash).map_err(|e| e.to_string())?;
         return Ok((store.path(&hash), size));
     }
-    if peers.is_empty() {
-        return Err(format!(
-            "blob {hash} is not here and no peer to ask is connected"
-        ));
-    }
-    // Peers with a direct connection first: one reached only through a relay may make
-    // the fetch wait for hole punching.
-    let mut peers = peers;
-    peers.sort_by_key(|p| paths.relayed_only(p));
+    let mut control = f.control.clone();
+    let mut liars: HashSet<PeerId> = HashSet::new();
+    let mut waited: HashSet<PeerId> = HashSet::new();
     let mut last = String::new();
-    for attempt in 0..3 {
+    for round in 0..FETCH_ROUNDS {
+        let mut peers = known.clone();
+        for holder in find_holders(f, hash).await {
+            if !peers.contains(&holder) {
+                peers.push(holder);
+            }
+        }
+        peers.retain(|p| !liars.contains(p));
+        // Peers with a direct connection first: one reached only through a relay may make
+        // the fetch wait for hole punching (a stable sort keeps the coordinator first).
+        peers.sort_by_key(|p| f.paths.relayed_only(p));
+        if peers.is_empty() && last.is_empty() {
+            last = format!("no peer holding blob {hash} was found");
+        }
         for peer in &peers {
-            // Hole punching runs once per relayed connection: wait for it the first time.
-            let direct = if attempt == 0 {
-                wait_for_direct(paths, peer).await
+            // Hole punching runs once per relayed connection: wait for it once per peer.
+            let direct = if waited.insert(*peer) {
+                wait_for_direct(&f.paths, peer).await
             } else {
-                !paths.relayed_only(peer)
+                !f.paths.relayed_only(peer)
             };
             if !direct {
                 last = format!(
@@ -360,15 +381,52 @@ pub async fn fetch_from_any(
             match blobs::fetch(&mut control, *peer, hash, store, max_size).await {
                 Ok(path) => {
                     let size = store.size(&hash).map_err(|e| e.to_string())?;
+                    if !known.contains(peer) {
+                        tracing::info!(%peer, hash = %hash.short(), size, "fetched a blob from another holder");
+                    }
                     return Ok((path, size));
                 }
-                // With its cause: which step failed and why.
-                Err(e) => last = format!("{:#}", anyhow::Error::from(e)),
+                Err(e) => {
+                    if matches!(
+                        e.kind,
+                        blobs::FetchErrorKind::BadGroup { .. }
+                            | blobs::FetchErrorKind::BadValues(_)
+                            | blobs::FetchErrorKind::Mismatch { .. }
+                    ) {
+                        warn!(%peer, hash = %hash.short(), "a peer sent bad bytes: {e:#}");
+                        liars.insert(*peer);
+                        let _ = f
+                            .internal
+                            .try_send(Internal::BadBytes { peer: *peer, hash });
+                    }
+                    // With its cause: which step failed and why.
+                    last = format!("{:#}", anyhow::Error::from(e));
+                }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+        if round + 1 < FETCH_ROUNDS {
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(round + 1))).await;
+        }
     }
     Err(last)
+}
+
+/// The holders of `hash` the provider records name (none if the lookup fails or takes
+/// longer than [`LOOKUP_WAIT`]).
+async fn find_holders(f: &Fetcher, hash: ContentHash) -> Vec<PeerId> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if f.internal
+        .send(Internal::FindHolders { hash, reply })
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    tokio::time::timeout(LOOKUP_WAIT, rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
 }
 
 /// How long a fetch waits for hole punching to turn a relayed connection into a direct one

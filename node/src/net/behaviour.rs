@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use barn_protocol::limits::MAX_GOSSIP_MESSAGE;
 use libp2p::identity::Keypair;
-use libp2p::kad::store::MemoryStore;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::request_response::ProtocolSupport;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -33,6 +33,11 @@ use super::swarm::{NetConfig, NetError};
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/barn/kad/1");
 /// The identify protocol version string; peers announcing another are not barn nodes.
 pub const IDENTIFY_PROTOCOL: &str = "/barn/id/1";
+/// Keys with provider records a node keeps (its own and others'); a record is about
+/// 100 bytes plus its addresses.
+pub const MAX_PROVIDER_KEYS: usize = 16_384;
+/// How long one DHT query may walk (a lookup of a blob's holders, an announcement).
+pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Timeout of one request-response exchange.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Inbound and outbound request-response substreams per connection. Each holds up to one
@@ -137,11 +142,18 @@ impl Behaviour {
                 .with_max_concurrent_streams(RPC_MAX_CONCURRENT_STREAMS),
         );
 
-        let mut kad = kad::Behaviour::with_config(
+        // Provider records name the holders of blobs (`daemon::holders`): room for this
+        // node's own announcements and others' (the default 1024 keys counts both).
+        let store = MemoryStore::with_config(
             peer_id,
-            MemoryStore::new(peer_id),
-            kad::Config::new(KAD_PROTOCOL),
+            MemoryStoreConfig {
+                max_provided_keys: MAX_PROVIDER_KEYS,
+                ..Default::default()
+            },
         );
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config.set_query_timeout(KAD_QUERY_TIMEOUT);
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
         // Kademlia stays a client until an external address is confirmed, which never
         // happens on a LAN or in tests: serve the DHT from the start.
         kad.set_mode(Some(kad::Mode::Server));

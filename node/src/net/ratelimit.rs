@@ -82,7 +82,8 @@ impl PeerLimits {
         Check::Refuse
     }
 
-    fn ban(&mut self, peer: PeerId, now: Instant) {
+    /// Bans `peer` for [`BAN`] from `now` (flooding, or bytes that failed their hash).
+    pub fn ban(&mut self, peer: PeerId, now: Instant) {
         self.banned.retain(|_, until| *until > now);
         if self.banned.len() >= MAX_BANNED
             && let Some(first) = self.banned.iter().min_by_key(|(_, u)| **u).map(|(p, _)| *p)

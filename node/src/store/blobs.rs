@@ -83,7 +83,22 @@ struct Inner {
     groups: PathBuf,
     /// Hashes with a resumable writer open, so two downloads never append to one file.
     writing: Mutex<HashSet<ContentHash>>,
+    /// Where blobs entering and leaving are reported ([`BlobStore::subscribe`]).
+    changes: Mutex<Option<tokio::sync::mpsc::Sender<BlobChange>>>,
+    /// A change could not be reported (the subscriber was behind): it should list again.
+    missed: std::sync::atomic::AtomicBool,
 }
+
+/// A blob entered or left the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobChange {
+    Added(ContentHash),
+    Removed(ContentHash),
+}
+
+/// Changes a subscriber may fall behind by before they are dropped (and
+/// [`BlobStore::take_missed`] says so).
+const CHANGES_QUEUED: usize = 1024;
 
 impl BlobStore {
     /// Opens (creating if needed) the store in `dir`.
@@ -100,8 +115,46 @@ impl BlobStore {
                 tmp,
                 groups,
                 writing: Mutex::new(HashSet::new()),
+                changes: Mutex::new(None),
+                missed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Reports every blob that enters or leaves the store from now on (replacing an earlier
+    /// subscriber). Changes are dropped while the subscriber is [`CHANGES_QUEUED`] behind;
+    /// [`take_missed`](Self::take_missed) then says so, and the subscriber should
+    /// [`list`](Self::list) again.
+    pub fn subscribe(&self) -> tokio::sync::mpsc::Receiver<BlobChange> {
+        let (tx, rx) = tokio::sync::mpsc::channel(CHANGES_QUEUED);
+        *self
+            .inner
+            .changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Whether a change was dropped since the last call.
+    pub fn take_missed(&self) -> bool {
+        self.inner
+            .missed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn report(&self, change: BlobChange) {
+        let changes = self
+            .inner
+            .changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(tx) = changes.as_ref()
+            && tx.try_send(change).is_err()
+        {
+            self.inner
+                .missed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The store's directory.
@@ -165,7 +218,10 @@ impl BlobStore {
         let _ = fs::remove_file(self.groups_path(hash));
         let path = self.path(hash);
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.report(BlobChange::Removed(*hash));
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(BlobError::io("remove blob", &path)(e)),
         }
@@ -463,6 +519,7 @@ impl BlobWriter {
             return Err(BlobError::io("move blob into place at", &dest)(e));
         }
         self.release_claim();
+        self.store.report(BlobChange::Added(actual));
         Ok(actual)
     }
 
@@ -645,6 +702,27 @@ mod tests {
         assert!(temp_files(&store).is_empty());
         // The claim was released.
         BlobWriter::resume(&store, hash).unwrap().discard();
+    }
+
+    #[test]
+    fn blobs_entering_and_leaving_are_reported_and_a_full_queue_says_so() {
+        let (_dir, store) = store();
+        let mut changes = store.subscribe();
+        let hash = store.import_bytes(b"reported").unwrap();
+        store.remove(&hash).unwrap();
+        store.remove(&hash).unwrap(); // absent: nothing left, nothing reported
+        assert_eq!(changes.try_recv().unwrap(), BlobChange::Added(hash));
+        assert_eq!(changes.try_recv().unwrap(), BlobChange::Removed(hash));
+        assert!(changes.try_recv().is_err());
+        assert!(!store.take_missed());
+        for i in 0..=CHANGES_QUEUED as u32 {
+            store.import_bytes(&i.to_le_bytes()).unwrap();
+        }
+        assert!(
+            store.take_missed(),
+            "the change over the queue is said to be missed"
+        );
+        assert!(!store.take_missed());
     }
 
     #[test]

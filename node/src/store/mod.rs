@@ -10,6 +10,6 @@ pub mod images;
 pub mod ops;
 pub mod round;
 
-pub use blobs::{BlobEntry, BlobError, BlobStore, BlobWriter, Collected};
+pub use blobs::{BlobChange, BlobEntry, BlobError, BlobStore, BlobWriter, Collected};
 pub use db::{Db, DbError};
 pub use images::{Image, ImageStore};
