@@ -63,6 +63,25 @@ pub struct Host {
 }
 
 impl Host {
+    /// Bytes received and sent on its interface so far (`ip -s link`), to measure what
+    /// crossed it.
+    pub fn traffic(&self) -> (u64, u64) {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "-s", "-j", "link", "show", "eth0"])
+            .output()
+            .unwrap_or_else(|e| panic!("ip -s link in {}: {e}", self.ns));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ip -s link in {}: {e}: {}",
+                self.ns,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let stats = &v[0]["stats64"];
+        let bytes = |dir: &str| stats[dir]["bytes"].as_u64().unwrap_or(0);
+        (bytes("rx"), bytes("tx"))
+    }
+
     /// `program`, to run inside this host's network namespace. It enters only the network
     /// namespace (`nsenter --net`): `ip netns exec` would also mount a sysfs of its own,
     /// hiding the cgroup hierarchy a node confines QEMU with.

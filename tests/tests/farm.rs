@@ -20,7 +20,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn three_volunteers_build_one_job_and_their_signed_results_agree() {
-    let farm = Farm::start("tiny-x86_64", 3, &[]);
+    let mut farm = Farm::start("tiny-x86_64", 3, &[]);
     let p = Project::new(
         "image = \"tiny-x86_64\"\narch = \"x86_64\"\ntimeout = \"3m\"\nsource_date_epoch = 1700000000\nartifacts = [\"out/*\"]\n\
          [[task]]\nname = \"build\"\nrun = \"mkdir -p out && cat msg.txt > out/msg && echo built\"\n",
@@ -72,6 +72,34 @@ fn three_volunteers_build_one_job_and_their_signed_results_agree() {
     }
     assert_eq!(nodes.len(), 3, "two replicas ran on one node");
     assert_eq!(roots.len(), 1);
+
+    // A builder gone: its artifacts still come, verified against its signed manifest,
+    // from any node holding the same bytes (the other replicas, found in the DHT).
+    farm.volunteers[2].kill_hard();
+    let gone = &volunteers[2];
+    let dest = tempfile::tempdir().unwrap();
+    let out = farm.submitter.barn(&[
+        "fetch",
+        &id,
+        "--node",
+        gone,
+        "--out",
+        dest.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("out/msg")).unwrap(),
+        "made by a farm\n"
+    );
+    let log = std::fs::read_to_string(&farm.submitter.log).unwrap();
+    assert!(
+        log.contains("fetched a blob from another holder"),
+        "the artifact did not come from another holder:\n{log}"
+    );
 
     // Anyone with the job id can fetch the artifacts and the log from the nodes that made them.
     let dest = tempfile::tempdir().unwrap();

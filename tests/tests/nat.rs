@@ -35,6 +35,19 @@ fn relayed_addr(node: &Node) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Bytes through the relay's interface (received + sent) so far.
+fn relay_bytes(farm: &Farm) -> u64 {
+    let Some(relay) = farm.relay.as_ref().and_then(|r| r.host.as_ref()) else {
+        panic!("the farm has no relay on a namespaced host");
+    };
+    let (rx, tx) = relay.traffic();
+    rx + tx
+}
+
+/// Most bytes a relay may carry for one small job: claims, grants, heartbeats, results,
+/// gossip and hole punching for a few nodes, far below the tiny image's 55 MB.
+const RELAY_BUDGET: u64 = 4 << 20;
+
 /// The networks and the farm: a relay on the public network, the submitter behind a home
 /// NAT of its own, `volunteers` volunteers behind another home NAT of kind `nat`. `None`:
 /// no namespaces here (not root).
@@ -81,6 +94,7 @@ fn a_submitter_behind_one_nat_coordinates_volunteers_behind_another() {
     );
 
     let p = Project::new(JOB).file("msg.txt", "built across two NATs\n");
+    let relayed_before = relay_bytes(&farm);
     let id = farm.submit(&p, 2);
     let submitted = Instant::now();
     println!("{}: submitted {id} with 2 replicas", t());
@@ -98,6 +112,16 @@ fn a_submitter_behind_one_nat_coordinates_volunteers_behind_another() {
         submitted.elapsed().as_secs_f64()
     );
     assert_eq!(verdict, "reproducible");
+    let relayed = relay_bytes(&farm) - relayed_before;
+    println!(
+        "{}: the relay's interface carried {:.2} MiB from submission to verdict",
+        t(),
+        relayed as f64 / (1 << 20) as f64
+    );
+    assert!(
+        relayed < RELAY_BUDGET,
+        "{relayed} bytes crossed the relay: did a blob?"
+    );
     let d = farm.submitter.job(&id).unwrap();
     let builders: Vec<&str> = d["results"]
         .as_array()
@@ -207,6 +231,7 @@ fn behind_a_symmetric_nat_blobs_come_from_a_holder_it_can_reach() {
     });
 
     let p = Project::new(JOB).file("msg.txt", "fetched from another holder\n");
+    let relayed_before = relay_bytes(&farm);
     let id = farm.submit(&p, 2);
     let submitted = Instant::now();
     println!("{}: submitted {id} with 2 replicas", t());
@@ -221,6 +246,16 @@ fn behind_a_symmetric_nat_blobs_come_from_a_holder_it_can_reach() {
     );
     let d = farm.submitter.job(&id).unwrap();
     assert_eq!(verdict, "reproducible", "{d}");
+    let relayed = relay_bytes(&farm) - relayed_before;
+    println!(
+        "{}: the relay's interface carried {:.2} MiB from submission to verdict",
+        t(),
+        relayed as f64 / (1 << 20) as f64
+    );
+    assert!(
+        relayed < RELAY_BUDGET,
+        "{relayed} bytes crossed the relay: did a blob?"
+    );
     let built: Vec<&str> = d["results"]
         .as_array()
         .unwrap()

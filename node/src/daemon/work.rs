@@ -6,7 +6,7 @@
 //! coordinator frees the replica for another node at once instead of waiting for the
 //! lease to lapse.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -331,10 +331,13 @@ const LOOKUP_WAIT: Duration = Duration::from_secs(15);
 /// Fetches blob `hash` from any holder: `known` first (the coordinator of a job, whose
 /// blobs these are), then every peer the provider records name, directly connected peers
 /// before those reached through a relay. A round asks each once; a fresh connection may
-/// still be coming up, so there are [`FETCH_ROUNDS`], each looking up holders again. A
-/// peer that sends bytes failing their hash is never asked again and is reported; the
-/// groups already checked stay, so the next holder continues from there. Returns the
-/// blob's path in the store and its size.
+/// still be coming up, so there are [`FETCH_ROUNDS`], each looking up holders again. While
+/// it waits for a hole to be punched to a peer reached only through a relay, it looks for
+/// new holders every [`RELOOK_EVERY`] and asks those first (a volunteer behind a strict NAT
+/// gets the blob from another volunteer as soon as one has it). A peer that sends bytes
+/// failing their hash is never asked again and is reported; the groups already checked
+/// stay, so the next holder continues from there. Returns the blob's path in the store and
+/// its size.
 pub async fn fetch_from_any(
     f: &Fetcher,
     hash: ContentHash,
@@ -346,69 +349,161 @@ pub async fn fetch_from_any(
         let size = store.size(&hash).map_err(|e| e.to_string())?;
         return Ok((store.path(&hash), size));
     }
-    let mut control = f.control.clone();
-    let mut liars: HashSet<PeerId> = HashSet::new();
-    let mut waited: HashSet<PeerId> = HashSet::new();
-    let mut last = String::new();
+    let mut fetch = Fetch {
+        f,
+        hash,
+        known: &known,
+        max_size,
+        control: f.control.clone(),
+        liars: HashSet::new(),
+        waited: HashSet::new(),
+        last: String::new(),
+    };
     for round in 0..FETCH_ROUNDS {
-        let mut peers = known.clone();
-        for holder in find_holders(f, hash).await {
-            if !peers.contains(&holder) {
-                peers.push(holder);
+        let mut queue: VecDeque<PeerId> = fetch.candidates(&HashSet::new()).await.into();
+        if queue.is_empty() && fetch.last.is_empty() {
+            fetch.last = format!("no peer holding blob {hash} was found");
+        }
+        let mut asked: HashSet<PeerId> = HashSet::new();
+        while let Some(peer) = queue.pop_front() {
+            if !asked.insert(peer) || fetch.liars.contains(&peer) {
+                continue;
             }
-        }
-        peers.retain(|p| !liars.contains(p));
-        // Peers with a direct connection first: one reached only through a relay may make
-        // the fetch wait for hole punching (a stable sort keeps the coordinator first).
-        peers.sort_by_key(|p| f.paths.relayed_only(p));
-        if peers.is_empty() && last.is_empty() {
-            last = format!("no peer holding blob {hash} was found");
-        }
-        for peer in &peers {
-            // Hole punching runs once per relayed connection: wait for it once per peer.
-            let direct = if waited.insert(*peer) {
-                wait_for_direct(&f.paths, peer).await
-            } else {
-                !f.paths.relayed_only(peer)
-            };
-            if !direct {
-                last = format!(
+            if f.paths.relayed_only(&peer) && fetch.waited.insert(peer) {
+                // Hole punching runs once per relayed connection: wait for it once per
+                // peer, and meanwhile look for holders reached directly.
+                match fetch.wait_for_direct(&peer, &asked).await {
+                    Waited::Direct => {}
+                    Waited::Others(others) => {
+                        // Back to this peer after them, with a full wait again.
+                        fetch.waited.remove(&peer);
+                        asked.remove(&peer);
+                        queue.push_front(peer);
+                        for o in others.into_iter().rev() {
+                            queue.push_front(o);
+                        }
+                        continue;
+                    }
+                    Waited::Gave => {}
+                }
+            }
+            if f.paths.relayed_only(&peer) {
+                fetch.last = format!(
                     "{peer} is reached only through a relay and no hole could be punched to it \
                      (a NAT that changes ports on one side?): blobs never move over a relay"
                 );
                 continue;
             }
-            match blobs::fetch(&mut control, *peer, hash, store, max_size).await {
-                Ok(path) => {
-                    let size = store.size(&hash).map_err(|e| e.to_string())?;
-                    if !known.contains(peer) {
-                        tracing::info!(%peer, hash = %hash.short(), size, "fetched a blob from another holder");
-                    }
-                    return Ok((path, size));
-                }
-                Err(e) => {
-                    if matches!(
-                        e.kind,
-                        blobs::FetchErrorKind::BadGroup { .. }
-                            | blobs::FetchErrorKind::BadValues(_)
-                            | blobs::FetchErrorKind::Mismatch { .. }
-                    ) {
-                        warn!(%peer, hash = %hash.short(), "a peer sent bad bytes: {e:#}");
-                        liars.insert(*peer);
-                        let _ = f
-                            .internal
-                            .try_send(Internal::BadBytes { peer: *peer, hash });
-                    }
-                    // With its cause: which step failed and why.
-                    last = format!("{:#}", anyhow::Error::from(e));
-                }
+            if let Some(done) = fetch.ask(peer).await {
+                return done;
             }
         }
         if round + 1 < FETCH_ROUNDS {
             tokio::time::sleep(Duration::from_millis(500 * u64::from(round + 1))).await;
         }
     }
-    Err(last)
+    Err(fetch.last)
+}
+
+/// How often a fetch waiting for a hole punch looks for other holders.
+const RELOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// One [`fetch_from_any`] in progress.
+struct Fetch<'a> {
+    f: &'a Fetcher,
+    hash: ContentHash,
+    known: &'a [PeerId],
+    max_size: u64,
+    control: libp2p_stream::Control,
+    /// Peers whose bytes failed their hash.
+    liars: HashSet<PeerId>,
+    /// Peers whose hole punch was waited for.
+    waited: HashSet<PeerId>,
+    /// Why the last attempt failed.
+    last: String,
+}
+
+/// How a wait for a direct connection ended.
+enum Waited {
+    Direct,
+    /// Holders with a direct connection turned up: ask them first.
+    Others(Vec<PeerId>),
+    Gave,
+}
+
+impl Fetch<'_> {
+    /// The known peers, then the holders a lookup names, not liars nor in `skip`, directly
+    /// connected ones first (a stable sort keeps the coordinator first among them).
+    async fn candidates(&self, skip: &HashSet<PeerId>) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = self.known.to_vec();
+        for holder in find_holders(self.f, self.hash).await {
+            if !peers.contains(&holder) {
+                peers.push(holder);
+            }
+        }
+        peers.retain(|p| !self.liars.contains(p) && !skip.contains(p));
+        peers.sort_by_key(|p| self.f.paths.relayed_only(p));
+        peers
+    }
+
+    /// Waits while `peer` is connected only through a relay, up to [`DIRECT_WAIT`];
+    /// every [`RELOOK_EVERY`] looks for holders not yet `asked` that are reached directly.
+    async fn wait_for_direct(&self, peer: &PeerId, asked: &HashSet<PeerId>) -> Waited {
+        let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
+        let mut relook = tokio::time::Instant::now() + RELOOK_EVERY;
+        while self.f.paths.relayed_only(peer) {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Waited::Gave;
+            }
+            if now >= relook {
+                relook = now + RELOOK_EVERY;
+                let others: Vec<PeerId> = self
+                    .candidates(asked)
+                    .await
+                    .into_iter()
+                    .filter(|p| p != peer && !self.f.paths.relayed_only(p))
+                    .collect();
+                if !others.is_empty() {
+                    return Waited::Others(others);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Waited::Direct
+    }
+
+    /// Asks `peer` for the blob: `Some` when done (or the store failed), `None` to go on.
+    async fn ask(&mut self, peer: PeerId) -> Option<Result<(PathBuf, u64), String>> {
+        let (hash, store) = (self.hash, &self.f.store);
+        match blobs::fetch(&mut self.control, peer, hash, store, self.max_size).await {
+            Ok(path) => {
+                let size = match store.size(&hash) {
+                    Ok(size) => size,
+                    Err(e) => return Some(Err(e.to_string())),
+                };
+                if !self.known.contains(&peer) {
+                    tracing::info!(%peer, hash = %hash.short(), size, "fetched a blob from another holder");
+                }
+                Some(Ok((path, size)))
+            }
+            Err(e) => {
+                if matches!(
+                    e.kind,
+                    blobs::FetchErrorKind::BadGroup { .. }
+                        | blobs::FetchErrorKind::BadValues(_)
+                        | blobs::FetchErrorKind::Mismatch { .. }
+                ) {
+                    warn!(%peer, hash = %hash.short(), "a peer sent bad bytes: {e:#}");
+                    self.liars.insert(peer);
+                    let _ = self.f.internal.try_send(Internal::BadBytes { peer, hash });
+                }
+                // With its cause: which step failed and why.
+                self.last = format!("{:#}", anyhow::Error::from(e));
+                None
+            }
+        }
+    }
 }
 
 /// The holders of `hash` the provider records name (none if the lookup fails or takes
@@ -432,19 +527,6 @@ async fn find_holders(f: &Fetcher, hash: ContentHash) -> Vec<PeerId> {
 /// How long a fetch waits for hole punching to turn a relayed connection into a direct one
 /// (DCUtR tries three times, about 10 s apart, before it gives up).
 const DIRECT_WAIT: Duration = Duration::from_secs(30);
-
-/// Waits while `peer` is connected only through a relay, up to [`DIRECT_WAIT`]; returns
-/// false if it still is (a peer not connected at all is left to the fetch, which dials).
-async fn wait_for_direct(paths: &crate::net::direct::Paths, peer: &PeerId) -> bool {
-    let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
-    while paths.relayed_only(peer) {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    true
-}
 
 /// Makes sure the image with `hash` is also in the blob store as its tar, so volunteers
 /// can fetch it.
