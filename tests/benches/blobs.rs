@@ -6,6 +6,8 @@
 //!   anchor, what the connection itself can do;
 //! - **fetch**: `net::blobs::fetch` of the blob into a store: the request, the group values,
 //!   every group checked, written to disk, the whole hash checked, renamed;
+//! - **disk**: the blob's bytes written to a new file in the same folder and synced, as a
+//!   fetch does before it renames the file into the store: the disk's floor;
 //! - **hash**: the CPU floor of the checks alone, in memory: the group values of the blob
 //!   (`Groups::of_reader`) and one plain BLAKE3 pass (what a fetch does twice).
 //!
@@ -84,8 +86,8 @@ async fn bench(runs: usize, mib: usize) {
         }
     });
 
-    let (mut raw, mut fetch, mut hash_groups, mut hash_plain) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut fetch, mut hash_groups, mut hash_plain, mut disk) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..=runs {
         // Raw stream.
         let t = Instant::now();
@@ -111,6 +113,18 @@ async fn bench(runs: usize, mib: usize) {
             .unwrap();
         let fetch_s = t.elapsed();
 
+        // The disk's floor: write and sync.
+        let t = Instant::now();
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(b_dir.path().join("floor")).unwrap();
+            for chunk in data.chunks(1 << 20) {
+                file.write_all(chunk).unwrap();
+            }
+            file.sync_all().unwrap();
+        }
+        let disk_s = t.elapsed();
+
         // The checks' CPU floor.
         let t = Instant::now();
         let g = Groups::of_reader(&data[..]).unwrap();
@@ -127,17 +141,24 @@ async fn bench(runs: usize, mib: usize) {
         fetch.push(fetch_s);
         hash_groups.push(groups_s);
         hash_plain.push(plain_s);
+        disk.push(disk_s);
     }
 
     println!("{mib} MiB blob, {runs} runs after a warm-up, TCP on 127.0.0.1 (noise, yamux):");
     report("raw libp2p stream (anchor)", mib, &mut raw);
     report("barn fetch, checked per MiB", mib, &mut fetch);
+    report("write and sync to disk", mib, &mut disk);
     report("group values only, in memory", mib, &mut hash_groups);
     report("one BLAKE3 pass, in memory", mib, &mut hash_plain);
     let ratio = median(&mut fetch).as_secs_f64() / median(&mut raw).as_secs_f64();
     println!(
         "fetch / raw: {ratio:.2}x the time ({:.0}% of the raw throughput)",
         100.0 / ratio
+    );
+    let floor = median(&mut raw) + median(&mut disk);
+    println!(
+        "fetch / (raw + disk, done one after the other): {:.2}x",
+        median(&mut fetch).as_secs_f64() / floor.as_secs_f64()
     );
 }
 
