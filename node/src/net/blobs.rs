@@ -198,7 +198,7 @@ impl ServeStats {
     }
 }
 
-/// Registers `/barn/blob/1` on `control` and returns the server loop to spawn. A stream
+/// Registers `/barn/blob/2` on `control` and returns the server loop to spawn. A stream
 /// takes a transfer only once its request has been read and checked, so idle streams hold
 /// nothing but a pending slot for `request_timeout`; each peer gets at most `per_peer`
 /// transfers; a reader slower than `min_rate` is dropped. The loop ends when the swarm is

@@ -13,7 +13,7 @@
 //! - [`reach`]: reachability (confirmed addresses, AutoNAT's answers) and when to reserve
 //!   a slot on a relay;
 //! - [`direct`]: [`direct::DirectOnly`], which keeps blob streams off relayed connections;
-//! - [`blobs`]: blob transfer over `/barn/blob/1` streams ([`blobs::serve`],
+//! - [`blobs`]: blob transfer over `/barn/blob/2` streams, checked 1 MiB at a time ([`blobs::serve`],
 //!   [`blobs::fetch`]).
 //!
 //! This module has no task of its own: the daemon's actor owns the swarm, polls it in its

@@ -122,7 +122,7 @@ impl BlobStore {
     }
 
     /// Reports every blob that enters or leaves the store from now on (replacing an earlier
-    /// subscriber). Changes are dropped while the subscriber is [`CHANGES_QUEUED`] behind;
+    /// subscriber). Changes are dropped while the subscriber is 1024 behind;
     /// [`take_missed`](Self::take_missed) then says so, and the subscriber should
     /// [`list`](Self::list) again.
     pub fn subscribe(&self) -> tokio::sync::mpsc::Receiver<BlobChange> {
